@@ -1,0 +1,1 @@
+// Empty: the shims are static inline functions in the header.

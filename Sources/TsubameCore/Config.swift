@@ -1,0 +1,141 @@
+// SPDX-License-Identifier: MIT
+// One table of settings. Sources, later ones winning: defaults, the KEY=VALUE
+// file named by TSUBAME_CONFIG_FILE, the environment, and NAME_FILE for secrets.
+
+public import Foundation
+
+/// One setting: its variable, default, meaning and how it is checked.
+public struct ConfigOption: Sendable {
+    public enum Kind: Sendable { case string, int(ClosedRange<Int>), bool, octal, path, enumeration([String]) }
+    public let name: String
+    public let defaultValue: String?
+    public let kind: Kind
+    public let secret: Bool
+    public let help: String
+}
+
+/// A problem with the configuration, naming the setting.
+public struct ConfigError: Error, CustomStringConvertible, Sendable {
+    public let messages: [String]
+    public var description: String { messages.joined(separator: "\n") }
+}
+
+public struct Config: Sendable {
+    public static let options: [ConfigOption] = [
+        .init(name: "TSUBAME_DATABASE_URL", defaultValue: "postgresql:///tsubame", kind: .string, secret: true,
+              help: "libpq connection string or URL"),
+        .init(name: "TSUBAME_MASTER_KEY_FILE", defaultValue: "/etc/tsubame/master.key", kind: .path, secret: false,
+              help: "file holding the 32-byte key (hex) that seals server credentials; mode 0600"),
+        .init(name: "TSUBAME_FCGI_SOCKET", defaultValue: "/run/tsubame/fcgi.sock", kind: .path, secret: false,
+              help: "unix socket the pool listens on"),
+        .init(name: "TSUBAME_FCGI_SOCKET_MODE", defaultValue: "0660", kind: .octal, secret: false, help: "octal mode of the socket"),
+        .init(name: "TSUBAME_FCGI_SOCKET_GROUP", defaultValue: nil, kind: .string, secret: false,
+              help: "group of the socket (e.g. www-data)"),
+        .init(name: "TSUBAME_POOL_WORKERS", defaultValue: "2", kind: .int(1...256), secret: false, help: "worker processes"),
+        .init(name: "TSUBAME_WORKER_THREADS", defaultValue: "8", kind: .int(1...256), secret: false,
+              help: "accept threads (and PostgreSQL connections) per worker"),
+        .init(name: "TSUBAME_MAX_REQUESTS", defaultValue: "10000", kind: .int(0...100_000_000), secret: false,
+              help: "requests after which a worker is recycled (0 = never)"),
+        .init(name: "TSUBAME_POOL_USER", defaultValue: "tsubame", kind: .string, secret: false,
+              help: "user the pool drops to when started as root"),
+        .init(name: "TSUBAME_POOL_PIDFILE", defaultValue: nil, kind: .path, secret: false, help: "pid file of the pool master"),
+        .init(name: "TSUBAME_POOL_CONTROL_SOCKET", defaultValue: nil, kind: .path, secret: false,
+              help: "status socket of the pool master (default: the FastCGI socket + .ctl)"),
+        .init(name: "TSUBAME_WORKER_BINARY", defaultValue: nil, kind: .path, secret: false,
+              help: "worker program (default: tsubame-worker next to tsubame-pool)"),
+        .init(name: "TSUBAME_COOKIE_SECURE", defaultValue: "true", kind: .bool, secret: false,
+              help: "Secure flag on the session cookie (false only for plain-HTTP development)"),
+        .init(name: "TSUBAME_SESSION_HOURS", defaultValue: "12", kind: .int(1...8760), secret: false, help: "idle session lifetime"),
+        .init(name: "TSUBAME_LOGIN_MAX_FAILURES", defaultValue: "5", kind: .int(1...1000), secret: false,
+              help: "failed sign-ins per user in the window before 429 (per address: 4x this)"),
+        .init(name: "TSUBAME_LOGIN_WINDOW_SECONDS", defaultValue: "900", kind: .int(1...86400), secret: false,
+              help: "the sign-in throttling window"),
+        .init(name: "TSUBAME_LOG_LEVEL", defaultValue: "info", kind: .enumeration(["debug", "info", "warn", "error"]),
+              secret: false, help: "least severe log level written to stderr"),
+    ]
+
+    /// The effective values, by variable name.
+    public let values: [String: String]
+
+    /// Loads and validates. `environment` defaults to the process environment.
+    public static func load(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Config {
+        var merged: [String: String] = [:]
+        var errors: [String] = []
+        if let file = environment["TSUBAME_CONFIG_FILE"], !file.isEmpty {
+            do {
+                let text = try String(contentsOfFile: file, encoding: .utf8)
+                for (lineNo, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+                    let line = raw.trimmingCharacters(in: .whitespaces)
+                    if line.isEmpty || line.hasPrefix("#") { continue }
+                    guard let eq = line.firstIndex(of: "=") else {
+                        errors.append("TSUBAME_CONFIG_FILE \(file):\(lineNo + 1): expected KEY=VALUE"); continue
+                    }
+                    var value = String(line[line.index(after: eq)...]).trimmingCharacters(in: .whitespaces)
+                    if value.count >= 2, value.hasPrefix("\""), value.hasSuffix("\"") { value = String(value.dropFirst().dropLast()) }
+                    merged[String(line[..<eq]).trimmingCharacters(in: .whitespaces)] = value
+                }
+            } catch {
+                errors.append("TSUBAME_CONFIG_FILE: cannot read \(file)")
+            }
+        }
+        for (k, v) in environment where k.hasPrefix("TSUBAME_") { merged[k] = v }
+        var values: [String: String] = [:]
+        for option in options {
+            if option.secret, let path = merged[option.name + "_FILE"], !path.isEmpty {
+                if let text = try? String(contentsOfFile: path, encoding: .utf8) {
+                    values[option.name] = text.trimmingCharacters(in: .whitespacesAndNewlines)
+                } else {
+                    errors.append("\(option.name)_FILE: cannot read \(path)")
+                }
+            } else if let v = merged[option.name] {
+                values[option.name] = v
+            } else if let d = option.defaultValue {
+                values[option.name] = d
+            }
+            if let v = values[option.name], let message = check(option, v) { errors.append("\(option.name): \(message)") }
+        }
+        if !errors.isEmpty { throw ConfigError(messages: errors) }
+        return Config(values: values)
+    }
+
+    public init(values: [String: String]) { self.values = values }
+
+    static func check(_ option: ConfigOption, _ value: String) -> String? {
+        switch option.kind {
+        case .string: return value.isEmpty ? "must not be empty" : nil
+        case .path: return value.isEmpty ? "must be a path" : nil
+        case let .int(range):
+            guard let n = Int(value), range.contains(n) else { return "must be a whole number from \(range.lowerBound) to \(range.upperBound), got \"\(value)\"" }
+            return nil
+        case .bool: return parseBool(value) == nil ? "must be true or false, got \"\(value)\"" : nil
+        case .octal:
+            guard let n = Int(value, radix: 8), (0...0o777).contains(n) else { return "must be an octal mode like 0660, got \"\(value)\"" }
+            return nil
+        case let .enumeration(allowed):
+            return allowed.contains(value) ? nil : "must be one of \(allowed.joined(separator: ", ")), got \"\(value)\""
+        }
+    }
+
+    static func parseBool(_ v: String) -> Bool? {
+        switch v.lowercased() {
+        case "1", "true", "yes", "on": return true
+        case "0", "false", "no", "off": return false
+        default: return nil
+        }
+    }
+
+    public func string(_ name: String) -> String? { values[name] }
+    public func int(_ name: String) -> Int { Int(values[name] ?? "") ?? 0 }
+    public func bool(_ name: String) -> Bool { Config.parseBool(values[name] ?? "") ?? false }
+    public func octal(_ name: String) -> Int { Int(values[name] ?? "", radix: 8) ?? 0 }
+
+    public var databaseURL: String { values["TSUBAME_DATABASE_URL"] ?? "" }
+
+    /// Every setting as KEY=VALUE, secrets redacted unless asked.
+    public func dump(revealSecrets: Bool = false) -> String {
+        Config.options.map { o in
+            let v = values[o.name].map { o.secret && !revealSecrets ? "(redacted)" : $0 } ?? "(unset)"
+            return "\(o.name)=\(v)"
+        }.joined(separator: "\n")
+    }
+}

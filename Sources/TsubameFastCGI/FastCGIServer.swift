@@ -1,0 +1,168 @@
+// SPDX-License-Identifier: MIT
+// libfcgi's thread-per-connection accept loop, owned here. Each accept thread
+// has its own FCGX_Request and its own handler (and so its own PG connection).
+
+import Foundation
+internal import CFastCGI
+import Synchronization
+
+/// Counters the server keeps while it runs; read by status reporting.
+public final class FastCGIStats: Sendable {
+    let servedCount = Atomic<Int>(0)
+    let busyCount = Atomic<Int>(0)
+    public init() {}
+    /// Requests finished so far.
+    public var served: Int { servedCount.load(ordering: .relaxed) }
+    /// Requests being handled right now.
+    public var busy: Int { busyCount.load(ordering: .relaxed) }
+}
+
+/// A request handler owned by one accept thread.
+public typealias FastCGIHandler = (HTTPRequest) -> HTTPResponse
+
+public final class FastCGIServer: @unchecked Sendable {
+    public let listenFD: Int32
+    public let threads: Int
+    public let maxBodyBytes: Int
+    /// Stop accepting after this many requests in total (0 = never): the pool recycles the process.
+    public let maxRequests: Int
+    public let stats = FastCGIStats()
+    private let stopping = Atomic<Bool>(false)
+    private let lock = NSLock()
+    private var threadIDs: [pthread_t] = []
+    private let running = Atomic<Int>(0)
+    /// Called after each finished request with (thread index, requests served by this server).
+    public var onRequestFinished: (@Sendable (Int, Int) -> Void)?
+
+    static let initOnce: Void = { _ = FCGX_Init() }()
+
+    /// Opens a unix socket to listen on (for tests and tools; the pool passes fd 0 instead).
+    public static func openSocket(path: String, backlog: Int32 = 128) -> Int32 {
+        _ = initOnce
+        return FCGX_OpenSocket(path, backlog)
+    }
+
+    /// True when fd 0 is a listening socket, as when spawned by the pool or spawn-fcgi.
+    public static var stdinIsListeningSocket: Bool {
+        _ = initOnce
+        return FCGX_IsCGI() == 0
+    }
+
+    public init(listenFD: Int32 = 0, threads: Int, maxBodyBytes: Int = 2 * 1024 * 1024, maxRequests: Int = 0) {
+        _ = FastCGIServer.initOnce
+        self.listenFD = listenFD
+        self.threads = threads
+        self.maxBodyBytes = maxBodyBytes
+        self.maxRequests = maxRequests
+    }
+
+    /// Starts the accept threads; each calls `makeHandler` once, inside itself.
+    public func start(makeHandler: @escaping @Sendable (Int) -> FastCGIHandler) {
+        for index in 0..<threads {
+            let box = Unmanaged.passRetained(ThreadBox { [self] in self.acceptLoop(index: index, makeHandler: makeHandler) })
+            var tid = pthread_t()
+            running.add(1, ordering: .sequentiallyConsistent)
+            let rc = pthread_create(&tid, nil, { raw in
+                let b = Unmanaged<ThreadBox>.fromOpaque(raw!).takeRetainedValue()
+                b.body()
+                return nil
+            }, box.toOpaque())
+            precondition(rc == 0, "pthread_create failed")
+            lock.lock(); threadIDs.append(tid); lock.unlock()
+        }
+    }
+
+    /// Blocks until every accept thread has returned.
+    public func wait() {
+        lock.lock(); let ids = threadIDs; lock.unlock()
+        for t in ids { pthread_join(t, nil) }
+    }
+
+    public var isStopping: Bool { stopping.load(ordering: .sequentiallyConsistent) }
+
+    /// Graceful stop: no new requests; requests in flight finish. Safe from any thread, repeatable.
+    public func requestStop() {
+        stopping.store(true, ordering: .sequentiallyConsistent)
+        FCGX_ShutdownPending()
+        // libfcgi's accept can miss one signal (a race in its accept loop): knock until all threads left.
+        let ids: [pthread_t] = { lock.lock(); defer { lock.unlock() }; return threadIDs }()
+        Thread.detachNewThread { [self] in
+            while running.load(ordering: .sequentiallyConsistent) > 0 {
+                for t in ids { pthread_kill(t, SIGUSR1) }
+                usleep(20_000)
+            }
+        }
+    }
+
+    private func acceptLoop(index: Int, makeHandler: @Sendable (Int) -> FastCGIHandler) {
+        defer { running.subtract(1, ordering: .sequentiallyConsistent) }
+        let handler = makeHandler(index)
+        var req = FCGX_Request()
+        guard FCGX_InitRequest(&req, listenFD, 0) == 0 else { return }
+        defer { FCGX_Free(&req, 1) }
+        while !isStopping {
+            let rc = FCGX_Accept_r(&req)
+            if rc < 0 { break }
+            stats.busyCount.add(1, ordering: .relaxed)
+            let request = read(&req)
+            let response = handler(request)
+            write(response, to: &req)
+            FCGX_Finish_r(&req)
+            stats.busyCount.subtract(1, ordering: .relaxed)
+            let served = stats.servedCount.add(1, ordering: .relaxed).newValue
+            onRequestFinished?(index, served)
+            if maxRequests > 0, served >= maxRequests, !isStopping { requestStop() }
+        }
+    }
+
+    private func read(_ req: inout FCGX_Request) -> HTTPRequest {
+        var params: [String: String] = [:]
+        if var p = req.envp {
+            while let entry = p.pointee {
+                let s = String(cString: entry)
+                if let eq = s.firstIndex(of: "=") { params[String(s[..<eq])] = String(s[s.index(after: eq)...]) }
+                p += 1
+            }
+        }
+        let method = params["REQUEST_METHOD"] ?? "GET"
+        let uri = params["REQUEST_URI"] ?? (params["SCRIPT_NAME"] ?? "/")
+        let length = Int(params["CONTENT_LENGTH"] ?? "") ?? 0
+        if length > maxBodyBytes {
+            return HTTPRequest(method: method, uri: uri, params: params, bodyTooLarge: true)
+        }
+        var body = [UInt8](repeating: 0, count: max(length, 0))
+        var got = 0
+        while got < length {
+            let n = body.withUnsafeMutableBufferPointer { buf in
+                buf.baseAddress!.withMemoryRebound(to: CChar.self, capacity: length) {
+                    FCGX_GetStr($0 + got, Int32(length - got), req.in)
+                }
+            }
+            if n <= 0 { break }
+            got += Int(n)
+        }
+        if got < length { body.removeLast(length - got) }
+        return HTTPRequest(method: method, uri: uri, params: params, body: body)
+    }
+
+    private func write(_ response: HTTPResponse, to req: inout FCGX_Request) {
+        let head = Array(response.head.utf8)
+        head.withUnsafeBufferPointer { b in
+            b.baseAddress!.withMemoryRebound(to: CChar.self, capacity: b.count) { _ = FCGX_PutStr($0, Int32(b.count), req.out) }
+        }
+        var offset = 0
+        let body = response.body
+        while offset < body.count {
+            let n = min(1 << 20, body.count - offset)
+            body.withUnsafeBufferPointer { b in
+                (b.baseAddress! + offset).withMemoryRebound(to: CChar.self, capacity: n) { _ = FCGX_PutStr($0, Int32(n), req.out) }
+            }
+            offset += n
+        }
+    }
+}
+
+final class ThreadBox {
+    let body: () -> Void
+    init(_ body: @escaping () -> Void) { self.body = body }
+}

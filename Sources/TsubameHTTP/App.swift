@@ -1,0 +1,105 @@
+// SPDX-License-Identifier: MIT
+// The application object one accept thread owns: its PG connection and the
+// shared settings. `handle` turns any request into a response and never throws.
+
+import Foundation
+public import TsubameCore
+public import TsubameFastCGI
+public import TsubamePostgres
+public import TsubameCrypto
+
+/// Settings the HTTP layer needs, built from Config or directly in tests.
+public struct AppSettings: Sendable {
+    public var databaseURL: String
+    public var cookieSecure: Bool
+    public var sessionHours: Int
+    public var loginMaxFailures: Int
+    public var loginWindowSeconds: Int
+    public var hasher: PasswordHasher
+
+    public init(databaseURL: String, cookieSecure: Bool = true, sessionHours: Int = 12, loginMaxFailures: Int = 5,
+                loginWindowSeconds: Int = 900, hasher: PasswordHasher = PasswordHasher()) {
+        self.databaseURL = databaseURL; self.cookieSecure = cookieSecure; self.sessionHours = sessionHours
+        self.loginMaxFailures = loginMaxFailures; self.loginWindowSeconds = loginWindowSeconds; self.hasher = hasher
+    }
+
+    public init(config: Config) {
+        self.init(databaseURL: config.databaseURL, cookieSecure: config.bool("TSUBAME_COOKIE_SECURE"),
+                  sessionHours: config.int("TSUBAME_SESSION_HOURS"), loginMaxFailures: config.int("TSUBAME_LOGIN_MAX_FAILURES"),
+                  loginWindowSeconds: config.int("TSUBAME_LOGIN_WINDOW_SECONDS"))
+    }
+}
+
+public final class App: @unchecked Sendable {
+    public let settings: AppSettings
+    public let box: SecretBox
+    private var connection: PGConnection?
+    /// Extra lines for /metrics from the process (pool counters); set by the worker.
+    public var metricsProvider: (() -> String)?
+
+    public init(settings: AppSettings, box: SecretBox) {
+        self.settings = settings
+        self.box = box
+    }
+
+    /// This thread's connection, (re)connected on demand. Throws 503 when PostgreSQL cannot be reached.
+    public func database() throws -> PGConnection {
+        if let c = connection, c.isOK { return c }
+        do {
+            if let c = connection { try c.reconnectIfNeeded(); return c }
+            let c = try PGConnection(settings.databaseURL)
+            connection = c
+            return c
+        } catch let e as PGError {
+            Log.warn("database unreachable", [("error", .string(e.description))])
+            throw APIError.unavailable("The database is unreachable; try again shortly.")
+        }
+    }
+
+    /// Answers any request. Errors become problem+json; unexpected ones a logged 500 with a request id.
+    public func handle(_ request: HTTPRequest) -> HTTPResponse {
+        let requestID = Crypto.hex(Crypto.randomBytes(8))
+        let started = Date()
+        var response: HTTPResponse
+        do {
+            response = try route(request)
+        } catch let e as APIError {
+            response = Reply.problem(e, requestID: requestID)
+        } catch let e as PGError where e.isUniqueViolation || e.isForeignKeyViolation {
+            // A race another request won (the handlers check first; this is the backstop).
+            response = Reply.problem(.conflict("The change conflicts with another one made at the same time; reload and retry."), requestID: requestID)
+        } catch let e as PGError where e.connectionLost {
+            Log.warn("database connection lost", [("request_id", .string(requestID)), ("error", .string(e.description))])
+            response = Reply.problem(.unavailable("The database is unreachable; try again shortly."), requestID: requestID)
+        } catch {
+            Log.error("request failed", [("request_id", .string(requestID)), ("path", .string(request.path)),
+                                         ("error", .string(String(describing: error)))])
+            response = Reply.problem(.internal, requestID: requestID)
+        }
+        response.headers.append(("X-Request-Id", requestID))
+        Log.debug("request", [("request_id", .string(requestID)), ("method", .string(request.method)), ("path", .string(request.path)),
+                              ("status", .int(response.status)), ("ms", .double(Date().timeIntervalSince(started) * 1000))])
+        return response
+    }
+
+    func route(_ request: HTTPRequest) throws -> HTTPResponse {
+        guard let (route, ids) = Routes.match(path: request.path) else {
+            throw APIError(status: 404, title: "Not found", detail: "No API endpoint at \(request.path).")
+        }
+        let method = request.method == "HEAD" ? "GET" : request.method
+        guard let handler = route.handlers[method] else { throw APIError.methodNotAllowed(route.handlers.keys.sorted()) }
+        var ctx = Context(request: request, app: self, ids: ids)
+        if route.requiresAuth {
+            ctx.principal = try Auth.authenticate(ctx)
+            guard let p = ctx.principal else { throw APIError.unauthorized() }
+            if p.sessionID != nil, method != "GET" {
+                let sent = request.header("X-CSRF-Token") ?? ""
+                guard let expected = p.csrfToken, Crypto.constantTimeEqual(Array(sent.utf8), Array(expected.utf8)) else {
+                    throw APIError.forbidden("Missing or wrong X-CSRF-Token header: send the csrf_token from sign-in or /auth/me.")
+                }
+            }
+        }
+        if request.bodyTooLarge { throw APIError.tooLarge }
+        return try handler(ctx)
+    }
+}

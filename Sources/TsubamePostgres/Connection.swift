@@ -1,0 +1,213 @@
+// SPDX-License-Identifier: MIT
+// libpq behind a Swift class that owns the PGconn and every PGresult. Nothing
+// of libpq leaves this file except through Swift value types.
+
+public import Foundation
+internal import CLibPQ
+public import TsubameCore
+
+/// A failure from PostgreSQL or from reaching it.
+public struct PGError: Error, CustomStringConvertible, Sendable {
+    /// The five-character SQLSTATE, when the server sent one.
+    public let sqlState: String?
+    public let message: String
+    public let operation: String
+    /// True when the connection itself is broken (server gone, network): retrying on a new connection may help.
+    public let connectionLost: Bool
+
+    public var description: String { "\(operation): \(message)" + (sqlState.map { " (SQLSTATE \($0))" } ?? "") }
+    public var isUniqueViolation: Bool { sqlState == "23505" }
+    public var isForeignKeyViolation: Bool { sqlState == "23503" }
+}
+
+/// A value bound to a `$n` parameter, sent in text format.
+public protocol PGParameter { var pgText: String? { get } }
+extension String: PGParameter { public var pgText: String? { self } }
+extension Int: PGParameter { public var pgText: String? { String(self) } }
+extension Int64: PGParameter { public var pgText: String? { String(self) } }
+extension Int32: PGParameter { public var pgText: String? { String(self) } }
+extension Bool: PGParameter { public var pgText: String? { self ? "t" : "f" } }
+extension Optional: PGParameter where Wrapped: PGParameter { public var pgText: String? { self?.pgText } }
+extension Date: PGParameter { public var pgText: String? { Timestamp.format(self) } }
+/// Binary data, sent as a bytea hex literal.
+public struct Bytea: PGParameter, Sendable, Equatable {
+    public let bytes: [UInt8]
+    public init(_ bytes: [UInt8]) { self.bytes = bytes }
+    public var pgText: String? { "\\x" + bytes.map { String(format: "%02x", $0) }.joined() }
+}
+/// A text[] parameter.
+public struct TextArray: PGParameter, Sendable {
+    public let items: [String]
+    public init(_ items: [String]) { self.items = items }
+    public var pgText: String? {
+        "{" + items.map { "\"" + $0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }
+            .joined(separator: ",") + "}"
+    }
+}
+/// A bigint[] parameter.
+public struct Int64Array: PGParameter, Sendable {
+    public let items: [Int64]
+    public init(_ items: [Int64]) { self.items = items }
+    public var pgText: String? { "{" + items.map(String.init).joined(separator: ",") + "}" }
+}
+extension JSON: PGParameter { public var pgText: String? { text } }
+
+/// One row of a result, values in text format.
+public struct PGRow: Sendable {
+    let columns: [String: Int]
+    public let values: [String?]
+
+    public subscript(_ name: String) -> String? {
+        guard let i = columns[name] else { preconditionFailure("no column \(name) in result") }
+        return values[i]
+    }
+    public func string(_ name: String) -> String { self[name] ?? "" }
+    public func int64(_ name: String) -> Int64 { Int64(self[name] ?? "") ?? 0 }
+    public func optInt64(_ name: String) -> Int64? { self[name].flatMap { Int64($0) } }
+    public func int(_ name: String) -> Int { Int(self[name] ?? "") ?? 0 }
+    public func bool(_ name: String) -> Bool { self[name] == "t" }
+    /// A column produced as JSON text (e.g. `to_json(tags)`).
+    public func json(_ name: String) -> JSON { self[name].flatMap { try? JSON.parse($0) } ?? .null }
+    public func bytea(_ name: String) -> [UInt8]? { self[name].flatMap(PGRow.decodeHex) }
+
+    static func decodeHex(_ s: String) -> [UInt8]? {
+        guard s.hasPrefix("\\x") else { return nil }
+        var out: [UInt8] = []
+        out.reserveCapacity((s.utf8.count - 2) / 2)
+        var hi: UInt8? = nil
+        for c in s.utf8.dropFirst(2) {
+            let v: UInt8
+            switch c {
+            case 0x30...0x39: v = c - 0x30
+            case 0x61...0x66: v = c - 0x61 + 10
+            case 0x41...0x46: v = c - 0x41 + 10
+            default: return nil
+            }
+            if let h = hi { out.append(h << 4 | v); hi = nil } else { hi = v }
+        }
+        return out
+    }
+}
+
+/// A connection owned by one thread at a time. Not thread-safe, by design (libpq's rule).
+public final class PGConnection: @unchecked Sendable {
+    private var conn: OpaquePointer?
+    public let conninfo: String
+    private var prepared: [String: String] = [:]
+    private var transactionDepth = 0
+
+    /// Connects; throws a PGError naming the problem (without the password).
+    public init(_ conninfo: String) throws {
+        self.conninfo = conninfo
+        try connect()
+    }
+
+    deinit { if let c = conn { PQfinish(c) } }
+
+    private func connect() throws {
+        if let c = conn { PQfinish(c); conn = nil }
+        prepared = [:]
+        transactionDepth = 0
+        let c = PQconnectdb(conninfo)
+        conn = c
+        guard let c, PQstatus(c) == CONNECTION_OK else {
+            let msg = c.map { String(cString: PQerrorMessage($0)) } ?? "out of memory"
+            throw PGError(sqlState: nil, message: msg.trimmingCharacters(in: .whitespacesAndNewlines), operation: "connect", connectionLost: true)
+        }
+        _ = try execute("SET TIME ZONE 'UTC'")
+    }
+
+    public var isOK: Bool { conn.map { PQstatus($0) == CONNECTION_OK } ?? false }
+
+    /// Re-establishes a broken connection. Safe to call at any time outside a transaction.
+    public func reconnectIfNeeded() throws { if !isOK { try connect() } }
+
+    /// Runs one or more statements without parameters (PQexec), e.g. a migration file.
+    @discardableResult
+    public func execute(_ sql: String) throws -> [PGRow] {
+        guard let c = conn else { throw lost("execute") }
+        let r = PQexec(c, sql)
+        return try consume(r, operation: "execute")
+    }
+
+    /// Runs one parameterised statement, prepared once per connection and reused.
+    @discardableResult
+    public func query(_ sql: String, _ params: [any PGParameter] = []) throws -> [PGRow] {
+        if !isOK, transactionDepth == 0 { try connect() }
+        guard let c = conn else { throw lost("query") }
+        let name: String
+        if let n = prepared[sql] {
+            name = n
+        } else {
+            name = "s\(prepared.count + 1)"
+            let r = PQprepare(c, name, sql, Int32(params.count), nil)
+            _ = try consume(r, operation: "prepare")
+            prepared[sql] = name
+        }
+        let texts = params.map { $0.pgText }
+        let cStrings: [UnsafeMutablePointer<CChar>?] = texts.map { $0.map { strdup($0) } ?? nil }
+        defer { cStrings.forEach { free($0) } }
+        let r = cStrings.map { UnsafePointer($0) }.withUnsafeBufferPointer { buf in
+            PQexecPrepared(c, name, Int32(params.count), buf.baseAddress, nil, nil, 0)
+        }
+        return try consume(r, operation: "query")
+    }
+
+    /// Runs `body` in a transaction: committed when it returns, rolled back when it throws.
+    public func transaction<T>(_ body: () throws -> T) throws -> T {
+        if !isOK, transactionDepth == 0 { try connect() }
+        try execute("BEGIN")
+        transactionDepth += 1
+        do {
+            let v = try body()
+            transactionDepth -= 1
+            try execute("COMMIT")
+            return v
+        } catch {
+            transactionDepth -= 1
+            if isOK { _ = try? execute("ROLLBACK") }
+            throw error
+        }
+    }
+
+    private func lost(_ op: String) -> PGError {
+        PGError(sqlState: nil, message: "no connection to PostgreSQL", operation: op, connectionLost: true)
+    }
+
+    /// The one place a PGresult becomes rows or an error; it always clears the result.
+    private func consume(_ r: OpaquePointer?, operation: String) throws -> [PGRow] {
+        guard let r else {
+            let msg = conn.map { String(cString: PQerrorMessage($0)) } ?? "no result"
+            throw PGError(sqlState: nil, message: msg, operation: operation, connectionLost: !isOK)
+        }
+        defer { PQclear(r) }
+        switch PQresultStatus(r) {
+        case PGRES_COMMAND_OK, PGRES_EMPTY_QUERY:
+            return []
+        case PGRES_TUPLES_OK:
+            let n = Int(PQntuples(r)), m = Int(PQnfields(r))
+            var columns: [String: Int] = [:]
+            for j in 0..<m { columns[String(cString: PQfname(r, Int32(j)))] = j }
+            var rows: [PGRow] = []
+            rows.reserveCapacity(n)
+            for i in 0..<n {
+                var values: [String?] = []
+                values.reserveCapacity(m)
+                for j in 0..<m {
+                    if PQgetisnull(r, Int32(i), Int32(j)) == 1 { values.append(nil) } else {
+                        values.append(String(cString: PQgetvalue(r, Int32(i), Int32(j))))
+                    }
+                }
+                rows.append(PGRow(columns: columns, values: values))
+            }
+            return rows
+        default:
+            let state = PQresultErrorField(r, Int32(UInt8(ascii: "C"))).map { String(cString: $0) }
+            let msg = String(cString: PQresultErrorMessage(r)).trimmingCharacters(in: .whitespacesAndNewlines)
+            if !isOK { prepared = [:] }
+            // A failed prepare leaves nothing behind; a statement that vanished with the session is re-prepared next time.
+            if state == "26000" { prepared = [:] }
+            throw PGError(sqlState: state, message: msg, operation: operation, connectionLost: !isOK)
+        }
+    }
+}
