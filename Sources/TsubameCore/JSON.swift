@@ -324,7 +324,7 @@ public enum Timestamp {
         var t = time_t(floor(date.timeIntervalSince1970))
         var tmv = tm()
         gmtime_r(&t, &tmv)
-        let ms = Int((date.timeIntervalSince1970 - floor(date.timeIntervalSince1970)) * 1000)
+        let ms = Int(((date.timeIntervalSince1970 - floor(date.timeIntervalSince1970)) * 1000).rounded())
         return String(format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", Int(tmv.tm_year) + 1900, Int(tmv.tm_mon) + 1,
                       Int(tmv.tm_mday), Int(tmv.tm_hour), Int(tmv.tm_min), Int(tmv.tm_sec), min(ms, 999))
     }

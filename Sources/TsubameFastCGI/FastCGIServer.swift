@@ -96,6 +96,12 @@ public final class FastCGIServer: @unchecked Sendable {
 
     private func acceptLoop(index: Int, makeHandler: @Sendable (Int) -> FastCGIHandler) {
         defer { running.subtract(1, ordering: .sequentiallyConsistent) }
+        // A thread started from a libdispatch thread inherits its blocked signals; the SIGUSR1 that
+        // interrupts accept() on stop must get through.
+        var usr1 = sigset_t()
+        sigemptyset(&usr1)
+        sigaddset(&usr1, SIGUSR1)
+        pthread_sigmask(SIG_UNBLOCK, &usr1, nil)
         let handler = makeHandler(index)
         var req = FCGX_Request()
         guard FCGX_InitRequest(&req, listenFD, 0) == 0 else { return }

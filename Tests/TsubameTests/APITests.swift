@@ -1,0 +1,427 @@
+// SPDX-License-Identifier: MIT
+// The API against a real PostgreSQL, in-process. Serialized: one database.
+
+import Foundation
+import Testing
+@testable import TsubameCore
+@testable import TsubameCrypto
+@testable import TsubameFastCGI
+@testable import TsubameHTTP
+@testable import TsubamePostgres
+
+@Suite(.serialized, .enabled(if: TestDB.enabled, "set TSUBAME_TEST_DATABASE_URL to run the PostgreSQL-backed tests"))
+struct APITests {
+    let db: PGConnection
+    let app: App
+    let admin: Client
+
+    init() throws {
+        db = try TestDB.reset()
+        try TestDB.addUser(db, "admin", role: "admin")
+        app = try TestDB.makeApp()
+        admin = Client(app)
+        admin.login("admin")
+    }
+
+    func client(_ name: String, role: String) throws -> Client {
+        try TestDB.addUser(db, name, role: role)
+        let c = Client(app)
+        c.address = "10.0.0.\(name.count)"
+        #expect(c.login(name).status == 200)
+        return c
+    }
+
+    func makeServer(_ name: String, tags: [String] = []) -> Int64 {
+        let tagsJSON = JSON.array(tags.map(JSON.string)).text
+        let r = admin.post("/api/v1/servers", #"{"name":"\#(name)","host":"10.1.2.3","username":"deploy","auth_method":"password","password":"pw","tags":\#(tagsJSON)}"#)
+        #expect(r.status == 201, "\(r.text)")
+        return r.json["id"]?.int64Value ?? 0
+    }
+
+    // MARK: sign-in
+
+    @Test func loginSetsAStrictHttpOnlyCookieAndMeWorks() {
+        let c = Client(app)
+        let r = c.login("admin")
+        #expect(r.status == 200)
+        let cookie = r.header("Set-Cookie") ?? ""
+        for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Secure"] { #expect(cookie.contains(attr)) }
+        #expect(r.json["user"]?["role"]?.stringValue == "admin")
+        let me = c.get("/api/v1/auth/me")
+        #expect(me.status == 200)
+        #expect(me.json["csrf_token"]?.stringValue == c.csrf)
+    }
+
+    @Test func wrongPasswordAndUnknownUserLookTheSame() {
+        let c = Client(app)
+        let a = c.login("admin", "wrong-password"), b = c.login("nobody-here", "wrong-password")
+        #expect(a.status == 401 && b.status == 401)
+        #expect(a.json["detail"] == b.json["detail"])
+        #expect(a.header("Content-Type") == "application/problem+json")
+        #expect(c.login("admin", "").status == 422)
+        #expect(c.post("/api/v1/auth/login", #"{"username":"admin"}"#).status == 422)
+    }
+
+    @Test func repeatedFailuresAreThrottled() throws {
+        try TestDB.addUser(db, "victim", role: "viewer")
+        let c = Client(app)
+        for _ in 0..<3 { #expect(c.login("victim", "nope-nope-nope").status == 401) }
+        let r = c.login("victim")
+        #expect(r.status == 429)
+        #expect(Int(r.header("Retry-After") ?? "") ?? 0 > 0)
+        // Another address and another user are unaffected.
+        let other = Client(app)
+        other.address = "10.9.9.9"
+        #expect(other.login("admin").status == 200)
+    }
+
+    @Test func cookieWritesNeedTheCSRFHeader() {
+        let c = Client(app)
+        c.login("admin")
+        let token = c.csrf
+        c.csrf = nil
+        #expect(c.post("/api/v1/tokens", #"{"name":"x"}"#).status == 403)
+        c.csrf = "wrong"
+        #expect(c.post("/api/v1/tokens", #"{"name":"x"}"#).status == 403)
+        c.csrf = token
+        #expect(c.post("/api/v1/tokens", #"{"name":"x"}"#).status == 201)
+    }
+
+    @Test func logoutRevokesTheSession() {
+        let c = Client(app)
+        c.login("admin")
+        let r = c.post("/api/v1/auth/logout")
+        #expect(r.status == 204)
+        #expect(r.header("Set-Cookie")?.contains("Max-Age=0") == true)
+        #expect(c.get("/api/v1/auth/me").status == 401)
+        let anon = Client(app)
+        #expect(anon.get("/api/v1/servers").status == 401)
+        anon.cookie = "forged"
+        #expect(anon.get("/api/v1/servers").status == 401)
+        anon.cookie = nil
+        #expect(anon.call("GET", "/api/v1/servers", headers: ["Authorization": "Basic abc"]).status == 401)
+    }
+
+    // MARK: tokens
+
+    @Test func tokensAreShownOnceAndWorkWithoutCSRF() {
+        let created = admin.post("/api/v1/tokens", #"{"name":"ci"}"#)
+        #expect(created.status == 201)
+        let token = created.json["token"]?.stringValue ?? ""
+        #expect(token.hasPrefix("tsb_"))
+        let list = admin.get("/api/v1/tokens")
+        #expect(!list.text.contains(token))
+        #expect(list.json["items"]?.arrayValue?.first?["token"] == nil)
+        let script = Client(app)
+        script.bearer = token
+        #expect(script.post("/api/v1/tokens", #"{"name":"second"}"#).status == 201)
+        #expect(script.get("/api/v1/auth/me").json["csrf_token"] == .null)
+        let id = created.json["id"]?.int64Value ?? 0
+        #expect(admin.delete("/api/v1/tokens/\(id)").status == 204)
+        #expect(script.get("/api/v1/servers").status == 401)
+        #expect(admin.delete("/api/v1/tokens/\(id)").status == 404)
+        #expect(admin.post("/api/v1/tokens", #"{"name":""}"#).status == 422)
+    }
+
+    @Test func usersSeeOnlyTheirOwnTokens() throws {
+        let viewer = try client("viewer1", role: "viewer")
+        let mine = viewer.post("/api/v1/tokens", #"{"name":"mine"}"#)
+        #expect(mine.status == 201)
+        let adminToken = admin.post("/api/v1/tokens", #"{"name":"admins"}"#).json["id"]?.int64Value ?? 0
+        #expect(viewer.get("/api/v1/tokens").json["items"]?.arrayValue?.count == 1)
+        #expect(viewer.delete("/api/v1/tokens/\(adminToken)").status == 404)
+        #expect((admin.get("/api/v1/tokens").json["items"]?.arrayValue?.count ?? 0) >= 2)
+    }
+
+    // MARK: users and roles
+
+    @Test func usersCRUD() {
+        let r = admin.post("/api/v1/users", #"{"username":"ops1","password":"long-enough-pw","role":"operator"}"#)
+        #expect(r.status == 201)
+        let id = r.json["id"]?.int64Value ?? 0
+        #expect(admin.post("/api/v1/users", #"{"username":"OPS1","password":"long-enough-pw","role":"viewer"}"#).status == 409)
+        let short = admin.post("/api/v1/users", #"{"username":"ops2","password":"short","role":"viewer"}"#)
+        #expect(short.status == 422)
+        #expect(short.json["errors"]?.arrayValue?.first?["field"]?.stringValue == "password")
+        #expect(admin.post("/api/v1/users", #"{"username":"bad name","password":"long-enough-pw","role":"root"}"#).json["errors"]?.arrayValue?.count == 2)
+        #expect(admin.get("/api/v1/users/\(id)").json["role"]?.stringValue == "operator")
+        #expect(admin.get("/api/v1/users?limit=1").json["next_cursor"]?.stringValue != nil)
+        let c = Client(app)
+        #expect(c.login("ops1", "long-enough-pw").status == 200)
+        #expect(admin.patch("/api/v1/users/\(id)", #"{"role":"viewer","password":"another-password"}"#).status == 200)
+        #expect(c.get("/api/v1/servers").status == 401)  // a new password ends the old sessions
+        #expect(c.login("ops1", "another-password").status == 200)
+        #expect(admin.patch("/api/v1/users/\(id)", #"{"disabled":true}"#).json["disabled"] == .bool(true))
+        #expect(c.get("/api/v1/servers").status == 401)
+        #expect(Client(app).login("ops1", "another-password").status == 401)
+        #expect(admin.delete("/api/v1/users/\(id)").status == 204)
+        #expect(admin.get("/api/v1/users/\(id)").status == 404)
+        #expect(admin.patch("/api/v1/users/\(id)", #"{"role":"viewer"}"#).status == 404)
+        #expect(admin.delete("/api/v1/users/\(id)").status == 404)
+    }
+
+    @Test func theLastAdminIsProtected() {
+        let me = admin.get("/api/v1/auth/me").json["user"]?["id"]?.int64Value ?? 0
+        #expect(admin.delete("/api/v1/users/\(me)").status == 409)
+        #expect(admin.patch("/api/v1/users/\(me)", #"{"role":"viewer"}"#).status == 409)
+        #expect(admin.patch("/api/v1/users/\(me)", #"{"disabled":true}"#).status == 409)
+        let other = admin.post("/api/v1/users", #"{"username":"admin2","password":"long-enough-pw","role":"admin"}"#).json["id"]?.int64Value ?? 0
+        #expect(admin.delete("/api/v1/users/\(other)").status == 204)
+    }
+
+    @Test func rolesAreEnforced() throws {
+        let viewer = try client("viewer2", role: "viewer")
+        let op = try client("operator2", role: "operator")
+        let server = makeServer("role-target")
+        #expect(viewer.get("/api/v1/servers").status == 200)
+        #expect(viewer.get("/api/v1/jobs").status == 200)
+        #expect(viewer.post("/api/v1/jobs", #"{"name":"j","script":"true","server_ids":[\#(server)]}"#).status == 403)
+        #expect(viewer.get("/api/v1/users").status == 403)
+        #expect(viewer.get("/api/v1/audit").status == 403)
+        #expect(op.post("/api/v1/servers", #"{"name":"x","host":"h","username":"u","auth_method":"password","password":"p"}"#).status == 403)
+        #expect(op.post("/api/v1/users", #"{"username":"zz","password":"long-enough-pw","role":"admin"}"#).status == 403)
+        let job = op.post("/api/v1/jobs", #"{"name":"op-job","script":"true","server_ids":[\#(server)]}"#)
+        #expect(job.status == 201)
+        #expect(op.delete("/api/v1/servers/\(server)").status == 403)
+        #expect(op.delete("/api/v1/jobs/\(job.json["id"]?.int64Value ?? 0)").status == 204)
+    }
+
+    // MARK: servers
+
+    @Test func serverSecretsNeverLeave() {
+        let r = admin.post("/api/v1/servers", """
+            {"name":"db1","host":"db1.example.internal","port":2222,"username":"root","auth_method":"key",
+             "private_key":"-----BEGIN OPENSSH PRIVATE KEY-----\\nabc\\n-----END OPENSSH PRIVATE KEY-----","passphrase":"pp-secret",
+             "description":"primary","tags":["db","db","prod"]}
+            """)
+        #expect(r.status == 201)
+        #expect(!r.text.contains("pp-secret") && !r.text.contains("OPENSSH"))
+        #expect(r.json["tags"] == ["db", "prod"])
+        #expect(r.json["has_private_key"] == .bool(true) && r.json["has_password"] == .bool(false))
+        let id = r.json["id"]?.int64Value ?? 0
+        let row = try? db.query("SELECT credentials FROM servers WHERE id = $1", [id]).first?.bytea("credentials")
+        let opened = try? app.box.open(row ?? [])
+        #expect(String(decoding: opened ?? [], as: UTF8.self).contains("pp-secret"))
+        #expect(admin.get("/api/v1/servers/\(id)").json["port"] == 2222)
+    }
+
+    @Test func serverValidationAndUpdates() {
+        #expect(admin.post("/api/v1/servers", #"{"name":"p","host":"h","username":"u","auth_method":"password"}"#).json["errors"]?.arrayValue?.first?["field"] == "password")
+        #expect(admin.post("/api/v1/servers", #"{"name":"k","host":"h","username":"u","auth_method":"key"}"#).status == 422)
+        #expect(admin.post("/api/v1/servers", #"{"name":"k","host":"h","username":"u","auth_method":"key","private_key":"nope"}"#).status == 422)
+        #expect(admin.post("/api/v1/servers", #"{"name":"k","host":"bad host!","username":"u","auth_method":"password","password":"p"}"#).status == 422)
+        #expect(admin.post("/api/v1/servers", #"{"name":"k","host":"h","username":"u","auth_method":"password","password":"p","tags":["a b"]}"#).status == 422)
+        #expect(admin.post("/api/v1/servers", #"{"name":"k","host":"h","username":"u","auth_method":"password","password":"p","tags":"a"}"#).status == 422)
+        #expect(admin.post("/api/v1/servers", #"{"name":"k","host":"h","username":"u","auth_method":"password","password":"p","tags":[1]}"#).status == 422)
+        let id = makeServer("upd")
+        #expect(makeServer("upd2") > 0)
+        #expect(admin.patch("/api/v1/servers/\(id)", #"{"name":"upd2"}"#).status == 409)
+        #expect(admin.patch("/api/v1/servers/\(id)", #"{"auth_method":"key"}"#).status == 422)
+        let r = admin.patch("/api/v1/servers/\(id)", #"{"auth_method":"key","private_key":"-----BEGIN RSA PRIVATE KEY-----\nx\n-----END RSA PRIVATE KEY-----","description":"d","host_key":null}"#)
+        #expect(r.status == 200)
+        #expect(r.json["auth_method"] == "key" && r.json["has_password"] == .bool(true))
+        #expect(admin.patch("/api/v1/servers/\(id)", #"{"host_key":{"fingerprint_sha256":"x"}}"#).status == 422)
+        #expect(admin.patch("/api/v1/servers/999999", #"{"name":"zzz"}"#).status == 404)
+        try? db.query("UPDATE servers SET host_key_algorithm = 'ssh-ed25519', host_key_fingerprint = 'SHA256:abc', host_key_trusted_at = now() WHERE id = $1", [id])
+        #expect(admin.get("/api/v1/servers/\(id)").json["host_key"]?["fingerprint_sha256"] == "SHA256:abc")
+        #expect(admin.patch("/api/v1/servers/\(id)", #"{"host_key":null}"#).json["host_key"] == .null)
+    }
+
+    @Test func serverListsPageSearchAndFilter() {
+        for i in 0..<7 { _ = makeServer("page-\(i)", tags: i % 2 == 0 ? ["even"] : ["odd"]) }
+        var seen: [String] = []
+        var cursor: String? = nil
+        repeat {
+            let r = admin.get("/api/v1/servers?limit=3" + (cursor.map { "&cursor=\($0)" } ?? ""))
+            #expect(r.status == 200)
+            seen += (r.json["items"]?.arrayValue ?? []).compactMap { $0["name"]?.stringValue }
+            cursor = r.json["next_cursor"]?.stringValue
+        } while cursor != nil
+        #expect(seen.count == 7 && Set(seen).count == 7)
+        #expect(admin.get("/api/v1/servers?tag=even").json["items"]?.arrayValue?.count == 4)
+        #expect(admin.get("/api/v1/servers?q=PAGE-3").json["items"]?.arrayValue?.count == 1)
+        #expect(admin.get("/api/v1/servers?q=%25").json["items"]?.arrayValue?.count == 0)
+    }
+
+    @Test func deletingAServerInUseConflicts() {
+        let s = makeServer("in-use")
+        let job = admin.post("/api/v1/jobs", #"{"name":"uses-it","script":"true","server_ids":[\#(s)]}"#).json["id"]?.int64Value ?? 0
+        let r = admin.delete("/api/v1/servers/\(s)")
+        #expect(r.status == 409)
+        #expect(r.json["detail"]?.stringValue?.contains("uses-it") == true)
+        #expect(admin.delete("/api/v1/jobs/\(job)").status == 204)
+        #expect(admin.delete("/api/v1/servers/\(s)").status == 204)
+        #expect(admin.delete("/api/v1/servers/\(s)").status == 404)
+        #expect(admin.get("/api/v1/servers/\(s)").status == 404)
+    }
+
+    // MARK: jobs
+
+    @Test func jobsCRUDAndSecrets() throws {
+        let s1 = makeServer("j1"), s2 = makeServer("j2")
+        let r = admin.post("/api/v1/jobs", """
+            {"name":"deploy","description":"ship it","script":"echo $GREETING","server_ids":[\(s2),\(s1)],"env":{"GREETING":"hi"},
+             "secret_env":{"API_KEY":"top-secret-value"},"timeout_seconds":60,"schedule":"@daily","timezone":"Asia/Tokyo",
+             "misfire":"run_once","concurrency":"queue","max_parallel":5,"retries":2,"tags":["ship"],"enabled":true,
+             "notify":[{"on":["failed"],"type":"webhook","url":"https://hooks.example.internal/x"},{"on":["succeeded","timed_out"],"type":"email","to":"ops@example.internal"}]}
+            """)
+        #expect(r.status == 201, "\(r.text)")
+        #expect(!r.text.contains("top-secret-value"))
+        #expect(r.json["server_ids"] == .array([.int(s2), .int(s1)]))
+        #expect(r.json["secret_env_names"] == ["API_KEY"])
+        #expect(r.json["next_runs"]?.arrayValue?.count == 5)
+        let id = r.json["id"]?.int64Value ?? 0
+        let other = admin.post("/api/v1/jobs", #"{"name":"after","script":"true","server_ids":[\#(s1)],"run_after":[\#(id)]}"#)
+        #expect(other.status == 201)
+        let p = admin.patch("/api/v1/jobs/\(id)", #"{"secret_env":{"API_KEY":null,"OTHER":"x"},"schedule":null,"enabled":false,"server_ids":[\#(s1)]}"#)
+        #expect(p.status == 200)
+        #expect(p.json["secret_env_names"] == ["OTHER"])
+        #expect(p.json["schedule"] == .null && p.json["next_runs"] == .array([]))
+        #expect(p.json["env"]?["GREETING"] == "hi")
+        #expect(admin.patch("/api/v1/jobs/\(id)", #"{"run_after":[\#(id)]}"#).status == 422)
+        #expect(admin.patch("/api/v1/jobs/\(id)", #"{"run_after":[999999]}"#).status == 422)
+        #expect(admin.patch("/api/v1/jobs/\(id)", #"{"name":"after"}"#).status == 409)
+        #expect(admin.patch("/api/v1/jobs/999999", #"{"name":"x"}"#).status == 404)
+        #expect(admin.post("/api/v1/jobs/\(id)/run").status == 501)
+        #expect(admin.post("/api/v1/jobs/999999/run").status == 404)
+        #expect(admin.get("/api/v1/jobs?tag=ship").json["items"]?.arrayValue?.count == 1)
+        #expect(admin.get("/api/v1/jobs?q=ship%20it").json["items"]?.arrayValue?.count == 1)
+        #expect(admin.delete("/api/v1/jobs/\(id)").status == 204)
+        let otherID = other.json["id"]?.int64Value ?? 0
+        #expect(admin.get("/api/v1/jobs/\(otherID)").json["run_after"] == .array([]))
+        #expect(admin.get("/api/v1/jobs/\(id)").status == 404)
+        #expect(admin.delete("/api/v1/jobs/\(id)").status == 404)
+    }
+
+    @Test(arguments: [
+        #"{"name":"x","script":"true","server_ids":[]}"#, #"{"name":"x","script":"   ","server_ids":[1]}"#,
+        #"{"name":"x","script":"true","server_ids":[999999]}"#, #"{"name":"x","script":"true","server_ids":[0]}"#,
+        #"{"name":"x","script":"true","server_ids":"1"}"#, #"{"name":"x","script":"true","server_ids":[1,1]}"#,
+        #"{"name":"x","script":"true","server_ids":[1],"env":{"1BAD":"v"}}"#, #"{"name":"x","script":"true","server_ids":[1],"env":{"A":1}}"#,
+        #"{"name":"x","script":"true","server_ids":[1],"env":[]}"#, #"{"name":"x","script":"true","server_ids":[1],"timeout_seconds":0}"#,
+        #"{"name":"x","script":"true","server_ids":[1],"timeout_seconds":86401}"#, #"{"name":"x","script":"true","server_ids":[1],"timeout_seconds":1.5}"#,
+        #"{"name":"x","script":"true","server_ids":[1],"schedule":"* * *"}"#, #"{"name":"x","script":"true","server_ids":[1],"schedule":5}"#,
+        #"{"name":"x","script":"true","server_ids":[1],"timezone":"Mars/Olympus"}"#, #"{"name":"x","script":"true","server_ids":[1],"misfire":"later"}"#,
+        #"{"name":"x","script":"true","server_ids":[1],"max_parallel":0}"#, #"{"name":"x","script":"true","server_ids":[1],"retries":11}"#,
+        #"{"name":"x","script":"true","server_ids":[1],"enabled":"yes"}"#, #"{"name":"x","script":"true","server_ids":[1],"notify":{}}"#,
+        #"{"name":"x","script":"true","server_ids":[1],"notify":[{"on":["nope"],"type":"webhook","url":"https://a.b"}]}"#,
+        #"{"name":"x","script":"true","server_ids":[1],"notify":[{"on":["failed"],"type":"pager"}]}"#,
+        #"{"name":"x","script":"true","server_ids":[1],"notify":[{"on":["failed"],"type":"email","to":"not-an-address"}]}"#,
+        #"{"name":"x","script":"true","server_ids":[1],"notify":[{"on":["failed"],"type":"slack","url":"ftp://x"}]}"#,
+        #"{"name":"x","script":"true","server_ids":[1],"notify":[{"on":["failed"],"type":"slack","url":"https://a.b","extra":1}]}"#,
+        #"{"name":"x","script":"true","server_ids":[1],"notify":[1]}"#, #"{"name":"x\u0000y","script":"true","server_ids":[1]}"#,
+        #"{"name":"x","script":"true","server_ids":[1],"secret_env":{"A":null}}"#, #"{"name":"","script":"true","server_ids":[1]}"#,
+        #"{"script":"true","server_ids":[1]}"#, #"{"name":"x","script":"true","server_ids":[1],"colour":"red"}"#,
+        #"{"name":"x","script":"true","server_ids":[1],"run_after":[1,"2"]}"#, #"[]"#, #""text""#,
+    ])
+    func jobValidationRejects(_ body: String) {
+        _ = makeServer("validation-target")
+        let r = admin.post("/api/v1/jobs", body)
+        #expect(r.status == 422, "\(body) → \(r.text)")
+        #expect(r.header("Content-Type") == "application/problem+json")
+        #expect(admin.get("/api/v1/jobs").json["items"]?.arrayValue?.count == 0)
+    }
+
+    // MARK: protocol-level bad input
+
+    @Test func badRequestsGetClearProblems() {
+        #expect(admin.call("POST", "/api/v1/servers", "{}", contentType: "text/plain").status == 415)
+        #expect(admin.call("POST", "/api/v1/servers", "{}", contentType: nil).status == 415)
+        #expect(admin.call("POST", "/api/v1/servers", "{}", contentType: "application/json; charset=utf-8").status == 422)
+        #expect(admin.post("/api/v1/servers", "{nope").status == 400)
+        #expect(admin.call("POST", "/api/v1/servers", rawBody: [0x7B, 0x22, 0xFF, 0x22, 0x3A, 0x31, 0x7D]).status == 400)
+        #expect(admin.call("POST", "/api/v1/servers", "{}", tooLarge: true).status == 413)
+        #expect(admin.call("POST", "/api/v1/tokens", tooLarge: true).status == 413)
+        #expect(admin.call("PUT", "/api/v1/servers").status == 405)
+        #expect(admin.call("PUT", "/api/v1/servers").header("Allow") == "GET, POST")
+        for path in ["/api/v1/servers/0", "/api/v1/servers/-1", "/api/v1/servers/abc", "/api/v1/servers/99999999999999999999",
+                     "/api/v1/servers/007", "/api/v1/nothing", "/api/v2/servers", "/api/v1/servers/1/2/3"] {
+            #expect(admin.get(path).status == 404, "\(path)")
+        }
+        #expect(admin.get("/api/v1/servers/").status == 200)
+        for q in ["limit=0", "limit=201", "limit=abc", "cursor=%%%", "cursor=bm9wZQ", "q=%FF", "q=a%00b"] {
+            #expect(admin.get("/api/v1/servers?\(q)").status == 400, "\(q)")
+        }
+        #expect(admin.call("HEAD", "/api/v1/servers").status == 200)
+    }
+
+    // MARK: health, metrics, OpenAPI, audit
+
+    @Test func healthOpenAPIAndMetrics() throws {
+        let anon = Client(app)
+        #expect(anon.get("/api/health").json["status"] == "ok")
+        #expect(anon.get("/api/openapi.json").status == 200)
+        #expect(anon.get("/api/openapi.json").json["openapi"]?.stringValue?.hasPrefix("3.1") == true)
+        app.metricsProvider = { "extra_metric 1\n" }
+        let m = anon.get("/metrics")
+        #expect(m.text.contains("tsubame_up 1") && m.text.contains("extra_metric 1"))
+        let down = Client(try TestDB.makeApp(url: "postgresql://nobody@127.0.0.1:1/none?connect_timeout=1"))
+        let h = down.get("/api/health")
+        #expect(h.status == 503 && h.json["database"] == "unreachable")
+        #expect(down.get("/api/v1/servers").status == 503)
+        #expect(down.login("admin").status == 503)
+    }
+
+    @Test func auditRecordsWrites() {
+        _ = makeServer("audited")
+        let r = admin.get("/api/v1/audit?limit=50")
+        #expect(r.status == 200)
+        let actions = (r.json["items"]?.arrayValue ?? []).compactMap { $0["action"]?.stringValue }
+        #expect(actions.contains("server.create") && actions.contains("auth.login"))
+        #expect(admin.get("/api/v1/audit?limit=1").json["next_cursor"]?.stringValue != nil)
+    }
+
+    @Test func databaseRestartIsSurvived() throws {
+        #expect(admin.get("/api/v1/servers").status == 200)
+        // Terminate this app's connections, as a PostgreSQL restart would.
+        try db.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname = current_database() AND application_name = ''")
+        let first = admin.get("/api/v1/servers").status
+        #expect(first == 200 || first == 503)
+        #expect(admin.get("/api/v1/servers").status == 200)
+    }
+
+    // MARK: the CLI
+
+    @Test func cliCommands() throws {
+        var out = "", err = ""
+        let env = ["TSUBAME_DATABASE_URL": TestDB.url!]
+        func run(_ args: String...) -> Int32 { Commands.run(args, environment: env, out: { out += $0 + "\n" }, err: { err += $0 + "\n" }) }
+        #expect(run("migrate") == 0 && out.contains("up to date"))
+        #expect(run("schema-status") == 0)
+        #expect(run("user", "create", "--username", "cli-admin", "--role", "admin") == 0)
+        #expect(out.contains("password: "))
+        let pw = String(out.split(separator: "\n").last { $0.hasPrefix("password: ") }!.dropFirst(10))
+        #expect(Client(app).login("cli-admin", pw).status == 200)
+        #expect(run("user", "create", "--username", "cli-admin") == 1 && err.contains("already exists"))
+        #expect(run("user", "create", "--username", "bad name") == 2)
+        #expect(run("user", "create", "--username", "x", "--role", "god") == 2)
+        #expect(run("user", "reset-password", "--username", "cli-admin") == 0)
+        #expect(run("user", "reset-password", "--username", "ghost") == 1)
+        #expect(run("user", "frobnicate", "--username", "cli-admin") == 2)
+        #expect(run("user") == 2)
+        #expect(run("config-dump") == 0 && out.contains("(redacted)"))
+        #expect(run("check-config") == 1)
+        #expect(run("--help") == 0 && run("migrate", "--help") == 0 && run("user", "--help") == 0 && run("keygen", "-h") == 0)
+        for c in ["schema-status", "check-config", "config-dump", "other"] { #expect(run(c, "--help") == 0) }
+        #expect(run("bogus") == 2)
+        #expect(run() == 2)
+        #expect(run("keygen") == 2)
+        let dir = NSTemporaryDirectory() + "tsb-cli-\(UUID())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect(run("keygen", "--file", dir + "/k") == 0)
+        #expect(run("keygen", "--file", dir + "/k") == 1)
+        try "short\n".write(toFile: dir + "/pw", atomically: true, encoding: .utf8)
+        #expect(run("user", "create", "--username", "pwfile", "--password-file", dir + "/pw") == 1)
+        try "a-long-enough-password\n".write(toFile: dir + "/pw", atomically: true, encoding: .utf8)
+        #expect(run("user", "create", "--username", "pwfile", "--role", "viewer", "--password-file", dir + "/pw") == 0)
+        #expect(Client(app).login("pwfile", "a-long-enough-password").status == 200)
+        #expect(Commands.run(["migrate"], environment: ["TSUBAME_POOL_WORKERS": "x"], out: { _ in }, err: { _ in }) == 2)
+        #expect(Commands.run(["migrate"], environment: ["TSUBAME_DATABASE_URL": "postgresql://x@127.0.0.1:1/x?connect_timeout=1"],
+                             out: { _ in }, err: { _ in }) == 1)
+        #expect(SchemaError.behind(current: 0, expected: 1).description.contains("tsubame migrate"))
+        #expect(SchemaError.ahead(current: 2, expected: 1).description.contains("newer"))
+        #expect(try Migrator.currentVersion(db) == Migrator.expectedVersion)
+        try Migrator.requireCurrent(db)
+    }
+}

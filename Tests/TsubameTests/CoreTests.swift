@@ -1,0 +1,175 @@
+// SPDX-License-Identifier: MIT
+import Foundation
+import Testing
+@testable import TsubameCore
+
+@Suite struct JSONTests {
+    @Test func parsesAndEncodesRoundTrip() throws {
+        let text = #"{"a":[1,-2.5e3,true,false,null],"b":"x\"\\\/\b\f\n\r\t\u00e9\ud83d\ude00","c":{}}"#
+        let v = try JSON.parse(text)
+        #expect(v["a"]?.arrayValue?.count == 5)
+        #expect(v["b"]?.stringValue == "x\"\\/\u{8}\u{c}\n\r\té😀")
+        let again = try JSON.parse(v.text)
+        #expect(again == v)
+        #expect(JSON.object([("s", .string("<&>\u{1}"))]).text == #"{"s":"\u003c\u0026\u003e\u0001"}"#)
+    }
+
+    @Test(arguments: ["", " ", "{", "[1,]", "{\"a\":1,}", "{\"a\" 1}", "01", "1.", "-", "1e", "tru", "\"abc", "\"\\x\"",
+                      "\"\\ud800\"", "\"\\udc00\"", "\"\\u12\"", "{\"a\":1,\"a\":2}", "[1] 2", "\"a\u{1}\"", "{1:2}", "[1 2]", "nul", "@"])
+    func rejectsMalformed(_ text: String) {
+        #expect(throws: JSONParseError.self) { try JSON.parse(text) }
+    }
+
+    @Test func rejectsInvalidUTF8AndDeepNesting() {
+        #expect(throws: JSONParseError.self) { try JSON.parse([0x22, 0xFF, 0x22]) }
+        #expect(throws: JSONParseError.self) { try JSON.parse(String(repeating: "[", count: 10_000)) }
+        #expect((try? JSON.parse(String(repeating: "[", count: 50) + String(repeating: "]", count: 50))) != nil)
+    }
+
+    @Test func integersStayExact() throws {
+        #expect(try JSON.parse("9223372036854775807").int64Value == Int64.max)
+        #expect(try JSON.parse("1e2").int64Value == 100)
+        #expect(try JSON.parse("1.5").int64Value == nil)
+        #expect(try JSON.parse("1e400").int64Value == nil)
+        #expect(try JSON.parse("\"1\"").int64Value == nil)
+        #expect(JSON.double(2.0).text == "2")
+        #expect(JSON.double(.nan) == .null)
+        #expect(JSON.double(0.25).text == "0.25")
+    }
+
+    @Test func accessorsAndLiterals() {
+        let v: JSON = ["n": 1, "s": "x", "b": true, "z": nil, "a": [1, 2]]
+        #expect(v["s"]?.stringValue == "x")
+        #expect(v["b"]?.boolValue == true)
+        #expect(v["z"]?.isNull == true)
+        #expect(v["a"]?.arrayValue?.count == 2)
+        #expect(v["missing"] == nil)
+        #expect(JSON.string("x")["k"] == nil)
+        #expect(v.objectValue?.count == 5)
+        #expect(["null", "boolean", "number", "string", "array", "object"] == [JSON.null, .bool(true), .int(1), .string(""), .array([]), .object([])].map(\.typeName))
+        #expect(JSON.optString(nil) == .null)
+        #expect(JSON.array([1]) != JSON.array([2]))
+        #expect(JSON.object([("a", 1)]) != JSON.object([("b", 1)]))
+    }
+
+    @Test func timestampsAreRFC3339UTC() {
+        #expect(Timestamp.format(Date(timeIntervalSince1970: 1_764_465_293.123)) == "2025-11-30T01:14:53.123Z")
+    }
+}
+
+@Suite struct CronTests {
+    let utc = TimeZone(identifier: "UTC")!
+    func date(_ s: String) -> Date { ISO8601DateFormatter().date(from: s)! }
+
+    @Test func everyFiveMinutes() throws {
+        let c = try CronSchedule(parsing: "*/5 * * * *")
+        let runs = c.nextRuns(after: date("2026-01-01T00:02:00Z"), count: 3, timeZone: utc)
+        #expect(runs == [date("2026-01-01T00:05:00Z"), date("2026-01-01T00:10:00Z"), date("2026-01-01T00:15:00Z")])
+    }
+
+    @Test func macrosNamesRangesAndLists() throws {
+        #expect(try CronSchedule(parsing: "@daily").nextRuns(after: Date(), count: 3, timeZone: utc) == CronSchedule(parsing: "0 0 * * *").nextRuns(after: Date(), count: 3, timeZone: utc))
+        let c = try CronSchedule(parsing: "30 9-17/4 * JAN,jul MON-FRI")
+        #expect(c.hours == [9, 13, 17])
+        #expect(c.months == [1, 7])
+        #expect(c.daysOfWeek == [1, 2, 3, 4, 5])
+        #expect(try CronSchedule(parsing: "0 0 * * 7").daysOfWeek == [0])
+        #expect(try CronSchedule(parsing: "5/15 * * * *").minutes == [5, 20, 35, 50])
+        let weekly = try CronSchedule(parsing: "@weekly").nextRuns(after: date("2026-11-30T12:00:00Z"), count: 1, timeZone: utc)
+        #expect(weekly == [date("2026-12-06T00:00:00Z")])
+    }
+
+    @Test func domOrDowWhenBothRestricted() throws {
+        // The 13th or any Friday.
+        let c = try CronSchedule(parsing: "0 0 13 * 5")
+        let runs = c.nextRuns(after: date("2026-11-01T00:00:00Z"), count: 3, timeZone: utc)
+        #expect(runs == [date("2026-11-06T00:00:00Z"), date("2026-11-13T00:00:00Z"), date("2026-11-20T00:00:00Z")])
+    }
+
+    @Test func leapDayIsFound() throws {
+        let runs = try CronSchedule(parsing: "0 12 29 2 *").nextRuns(after: date("2026-03-01T00:00:00Z"), count: 1, timeZone: utc)
+        #expect(runs == [date("2028-02-29T12:00:00Z")])
+        #expect(try CronSchedule(parsing: "0 0 31 2 *").nextRuns(after: Date(), count: 1, timeZone: utc).isEmpty)
+    }
+
+    @Test func timeZoneAndSpringForwardGap() throws {
+        let berlin = TimeZone(identifier: "Europe/Berlin")!
+        let daily = try CronSchedule(parsing: "0 9 * * *")
+        #expect(daily.nextRuns(after: date("2026-07-01T00:00:00Z"), count: 1, timeZone: berlin) == [date("2026-07-01T07:00:00Z")])
+        // 02:30 does not exist on 2026-03-29 in Berlin: it fires right after the gap, once.
+        let gap = try CronSchedule(parsing: "30 2 * * *").nextRuns(after: date("2026-03-28T12:00:00Z"), count: 2, timeZone: berlin)
+        #expect(gap.count == 2)
+        #expect(gap[0] == date("2026-03-29T01:30:00Z"))
+        #expect(gap[1] == date("2026-03-30T00:30:00Z"))
+    }
+
+    @Test(arguments: ["", "* * * *", "* * * * * *", "60 * * * *", "* 24 * * *", "* * 0 * *", "* * * 13 *", "* * * * 8",
+                      "*/0 * * * *", "5-1 * * * *", "a * * * *", "@never", "1,,2 * * * *", "1/2/3 * * * *"])
+    func rejectsBadExpressions(_ e: String) {
+        #expect(throws: CronError.self) { try CronSchedule(parsing: e) }
+    }
+}
+
+@Suite struct ConfigTests {
+    @Test func defaultsAndEnvironment() throws {
+        let c = try Config.load(environment: ["TSUBAME_POOL_WORKERS": "4", "TSUBAME_COOKIE_SECURE": "no"])
+        #expect(c.int("TSUBAME_POOL_WORKERS") == 4)
+        #expect(c.int("TSUBAME_WORKER_THREADS") == 8)
+        #expect(c.bool("TSUBAME_COOKIE_SECURE") == false)
+        #expect(c.octal("TSUBAME_FCGI_SOCKET_MODE") == 0o660)
+        #expect(c.string("TSUBAME_FCGI_SOCKET_GROUP") == nil)
+        #expect(c.dump().contains("TSUBAME_DATABASE_URL=(redacted)"))
+        #expect(c.dump(revealSecrets: true).contains("TSUBAME_DATABASE_URL=postgresql:///tsubame"))
+    }
+
+    @Test func errorsNameTheSetting() {
+        do {
+            _ = try Config.load(environment: ["TSUBAME_POOL_WORKERS": "0", "TSUBAME_COOKIE_SECURE": "maybe", "TSUBAME_FCGI_SOCKET_MODE": "999",
+                                              "TSUBAME_LOG_LEVEL": "loud", "TSUBAME_FCGI_SOCKET": ""])
+            Issue.record("expected an error")
+        } catch let e as ConfigError {
+            let text = e.description
+            for name in ["TSUBAME_POOL_WORKERS", "TSUBAME_COOKIE_SECURE", "TSUBAME_FCGI_SOCKET_MODE", "TSUBAME_LOG_LEVEL", "TSUBAME_FCGI_SOCKET:"] {
+                #expect(text.contains(name))
+            }
+        } catch { Issue.record("unexpected \(error)") }
+    }
+
+    @Test func fileAndSecretFiles() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tsb-config-\(UUID())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let file = dir.appendingPathComponent("tsubame.env").path
+        try "# comment\nTSUBAME_WORKER_THREADS=3\nTSUBAME_LOG_LEVEL=\"debug\"\n\n".write(toFile: file, atomically: true, encoding: .utf8)
+        let secret = dir.appendingPathComponent("db").path
+        try "postgresql://x@y/z\n".write(toFile: secret, atomically: true, encoding: .utf8)
+        let c = try Config.load(environment: ["TSUBAME_CONFIG_FILE": file, "TSUBAME_DATABASE_URL_FILE": secret, "TSUBAME_WORKER_THREADS": "5"])
+        #expect(c.int("TSUBAME_WORKER_THREADS") == 5)
+        #expect(c.string("TSUBAME_LOG_LEVEL") == "debug")
+        #expect(c.databaseURL == "postgresql://x@y/z")
+        try "garbage line\n".write(toFile: file, atomically: true, encoding: .utf8)
+        #expect(throws: ConfigError.self) { try Config.load(environment: ["TSUBAME_CONFIG_FILE": file]) }
+        #expect(throws: ConfigError.self) { try Config.load(environment: ["TSUBAME_CONFIG_FILE": dir.path + "/missing"]) }
+        #expect(throws: ConfigError.self) { try Config.load(environment: ["TSUBAME_DATABASE_URL_FILE": dir.path + "/missing"]) }
+    }
+
+    @Test func rolesAreOrdered() {
+        #expect(Role.viewer < Role.operator_)
+        #expect(Role.operator_ < Role.admin)
+        #expect(Role(rawValue: "operator") == .operator_)
+    }
+
+    @Test func logLevelsAndProblems() {
+        #expect(LogLevel(name: "warn") == .warn)
+        #expect(LogLevel(name: "nope") == nil)
+        Log.minimum = .error
+        Log.debug("hidden"); Log.info("hidden"); Log.warn("hidden")
+        Log.minimum = .info
+        let e = APIError.validation([FieldError("a", "bad")])
+        #expect(e.json["errors"]?.arrayValue?.count == 1)
+        #expect(APIError.tooManyRequests(retryAfter: 3, detail: "x").headers.first?.1 == "3")
+        #expect(APIError.methodNotAllowed(["GET"]).headers.first?.0 == "Allow")
+        #expect(APIError.internal.status == 500)
+        #expect(APIError.notImplemented("x").status == 501)
+    }
+}

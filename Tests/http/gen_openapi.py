@@ -1,0 +1,645 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""Writes Sources/TsubameHTTP/Resources/openapi.json (the document GET /api/openapi.json serves).
+
+The JSON is generated so that shared shapes (Problem responses, list pages, field
+rules) are written once. Edit this file and run `python3 Tests/http/gen_openapi.py`,
+then check the result with `openapi-spec-validator`. Only what is implemented is
+described: add paths here as they land.
+"""
+import json
+import sys
+from pathlib import Path
+
+REF = lambda name: {"$ref": f"#/components/schemas/{name}"}
+RESP = lambda name: {"$ref": f"#/components/responses/{name}"}
+
+ID = {"type": "integer", "format": "int64", "minimum": 1}
+TIME = {"type": "string", "format": "date-time"}
+TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
+TAG = {"type": "string", "minLength": 1, "maxLength": 50, "pattern": "^[A-Za-z0-9_.:-]+$"}
+TAGS = {"type": "array", "maxItems": 20, "items": TAG}
+ENV_NAME = "^[A-Za-z_][A-Za-z0-9_]*$"
+ENV = {
+    "type": "object",
+    "propertyNames": {"pattern": ENV_NAME},
+    "additionalProperties": {"type": "string"},
+}
+
+schemas = {}
+
+schemas["Problem"] = {
+    "type": "object",
+    "description": "RFC 9457 problem details. Every 4xx/5xx answer of the API has this shape "
+    "and the media type application/problem+json.",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string", "examples": ["about:blank"]},
+        "title": {"type": "string", "examples": ["Validation failed"]},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {
+                    "field": {"type": "string", "examples": ["port"]},
+                    "message": {"type": "string", "examples": ["must be between 1 and 65535"]},
+                },
+            },
+        },
+    },
+}
+
+schemas["Health"] = {
+    "type": "object",
+    "required": ["status", "database", "executors"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "degraded"]},
+        "database": {"type": "string", "enum": ["ok", "unreachable"]},
+        "executors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["id", "host", "last_seen"],
+                "properties": {
+                    "id": {"type": ["integer", "string"]},
+                    "host": {"type": "string"},
+                    "last_seen": TIME,
+                },
+            },
+        },
+    },
+}
+
+ROLE = {"type": "string", "enum": ["viewer", "operator", "admin"]}
+USERNAME = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9_.@-]+$"}
+PASSWORD = {"type": "string", "minLength": 10, "maxLength": 1024, "writeOnly": True}
+
+schemas["User"] = {
+    "type": "object",
+    "required": ["id", "username", "role", "disabled", "created_at", "updated_at"],
+    "properties": {
+        "id": ID,
+        "username": {"type": "string"},
+        "role": ROLE,
+        "disabled": {"type": "boolean"},
+        "created_at": TIME,
+        "updated_at": TIME,
+    },
+}
+schemas["UserCreate"] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["username", "password", "role"],
+    "properties": {"username": USERNAME, "password": PASSWORD, "role": ROLE},
+}
+schemas["UserPatch"] = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "Every field is optional; absent fields are left as they are. Disabling a user "
+    "also ends their sessions and makes their API tokens unusable.",
+    "properties": {"password": PASSWORD, "role": ROLE, "disabled": {"type": "boolean"}},
+}
+schemas["Login"] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["username", "password"],
+    "properties": {"username": {"type": "string"}, "password": {"type": "string", "writeOnly": True}},
+}
+schemas["Session"] = {
+    "type": "object",
+    "required": ["user", "csrf_token"],
+    "properties": {
+        "user": REF("User"),
+        "csrf_token": {
+            "type": "string",
+            "description": "Send as X-CSRF-Token on every cookie-authenticated POST/PATCH/DELETE.",
+        },
+    },
+}
+
+schemas["Me"] = {
+    "type": "object",
+    "required": ["user", "csrf_token"],
+    "properties": {
+        "user": REF("User"),
+        "csrf_token": {
+            "type": ["string", "null"],
+            "description": "The CSRF token of the caller's session (null or empty when the caller "
+                           "authenticated with a Bearer token).",
+        },
+    },
+}
+
+schemas["Token"] = {
+    "type": "object",
+    "required": ["id", "name", "user_id", "username", "created_at", "last_used_at"],
+    "properties": {
+        "id": ID,
+        "name": {"type": "string"},
+        "user_id": ID,
+        "username": {"type": "string"},
+        "created_at": TIME,
+        "last_used_at": TIME_OR_NULL,
+    },
+}
+schemas["TokenCreated"] = {
+    "allOf": [
+        REF("Token"),
+        {
+            "type": "object",
+            "required": ["token"],
+            "properties": {
+                "token": {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": "The secret, shown only in this answer (stored hashed). "
+                    "Use it as `Authorization: Bearer TOKEN`.",
+                }
+            },
+        },
+    ]
+}
+schemas["TokenCreate"] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name"],
+    "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 100}},
+}
+
+schemas["HostKey"] = {
+    "type": "object",
+    "required": ["algorithm", "fingerprint_sha256", "trusted_at"],
+    "properties": {
+        "algorithm": {"type": "string", "examples": ["ssh-ed25519"]},
+        "fingerprint_sha256": {
+            "type": "string",
+            "pattern": "^SHA256:[A-Za-z0-9+/]+$",
+            "description": "As `ssh-keygen -lf` prints it: `SHA256:` + unpadded base64.",
+        },
+        "trusted_at": TIME,
+    },
+}
+AUTH_METHOD = {"type": "string", "enum": ["password", "key"]}
+schemas["Server"] = {
+    "type": "object",
+    "description": "An SSH target. Password, private key and passphrase are write-only and never returned.",
+    "required": [
+        "id", "name", "host", "port", "username", "auth_method", "description", "tags",
+        "host_key", "has_password", "has_private_key", "has_passphrase", "created_at", "updated_at",
+    ],
+    "properties": {
+        "id": ID,
+        "name": {"type": "string"},
+        "host": {"type": "string"},
+        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "username": {"type": "string"},
+        "auth_method": AUTH_METHOD,
+        "description": {"type": "string"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "host_key": {"oneOf": [REF("HostKey"), {"type": "null"}]},
+        "has_password": {"type": "boolean"},
+        "has_private_key": {"type": "boolean"},
+        "has_passphrase": {"type": "boolean"},
+        "created_at": TIME,
+        "updated_at": TIME,
+    },
+}
+SERVER_FIELDS = {
+    "name": {"type": "string", "minLength": 1, "maxLength": 100},
+    "host": {"type": "string", "minLength": 1, "maxLength": 255},
+    "port": {"type": "integer", "minimum": 1, "maximum": 65535, "default": 22},
+    "username": {"type": "string", "minLength": 1, "maxLength": 64},
+    "auth_method": AUTH_METHOD,
+    "password": {"type": "string", "writeOnly": True},
+    "private_key": {"type": "string", "writeOnly": True, "description": "PEM or OpenSSH private key."},
+    "passphrase": {"type": "string", "writeOnly": True},
+    "description": {"type": "string", "maxLength": 2000},
+    "tags": TAGS,
+}
+schemas["ServerCreate"] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "host", "username", "auth_method"],
+    "properties": SERVER_FIELDS,
+    "description": "auth_method `password` requires `password`; `key` requires `private_key`.",
+    "allOf": [
+        {
+            "if": {"properties": {"auth_method": {"const": "password"}}, "required": ["auth_method"]},
+            "then": {"required": ["password"]},
+        },
+        {
+            "if": {"properties": {"auth_method": {"const": "key"}}, "required": ["auth_method"]},
+            "then": {"required": ["private_key"]},
+        },
+    ],
+}
+schemas["ServerPatch"] = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "Every field is optional. `host_key: null` clears a pinned host key "
+    "(the next connection trusts the key it sees).",
+    "properties": dict(
+        SERVER_FIELDS,
+        port={"type": "integer", "minimum": 1, "maximum": 65535},
+        host_key={"type": "null"},
+    ),
+}
+
+NOTIFY = {
+    "type": "object",
+    "required": ["on", "type"],
+    "properties": {
+        "on": {
+            "type": "array",
+            "items": {"type": "string"},
+            "examples": [["failed", "timed_out"]],
+        },
+        "type": {"type": "string", "enum": ["webhook", "slack", "email"]},
+        "url": {"type": "string", "description": "For webhook and slack."},
+        "to": {"type": "string", "description": "For email."},
+    },
+}
+schemas["NotifyInput"] = dict(NOTIFY, additionalProperties=False)
+schemas["Notify"] = dict(NOTIFY, properties=dict(
+    NOTIFY["properties"], url={"type": ["string", "null"]}, to={"type": ["string", "null"]}))
+
+schemas["Job"] = {
+    "type": "object",
+    "required": [
+        "id", "name", "description", "script", "server_ids", "env", "secret_env_names",
+        "timeout_seconds", "schedule", "timezone", "misfire", "next_runs", "concurrency",
+        "max_parallel", "retries", "tags", "enabled", "notify", "run_after", "last_execution",
+        "created_at", "updated_at",
+    ],
+    "properties": {
+        "id": ID,
+        "name": {"type": "string"},
+        "description": {"type": "string"},
+        "script": {"type": "string"},
+        "server_ids": {"type": "array", "items": ID},
+        "env": {"type": "object", "additionalProperties": {"type": "string"}},
+        "secret_env_names": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Names of the secret variables; their values are never returned.",
+        },
+        "timeout_seconds": {"type": "integer", "minimum": 1, "maximum": 86400},
+        "schedule": {"type": ["string", "null"]},
+        "timezone": {"type": "string"},
+        "misfire": {"type": "string", "enum": ["run_once", "skip"]},
+        "next_runs": {
+            "type": "array",
+            "maxItems": 5,
+            "items": TIME,
+            "description": "The next (up to) 5 scheduled times; empty when there is no schedule.",
+        },
+        "concurrency": {"type": "string", "enum": ["allow", "skip", "queue"]},
+        "max_parallel": {"type": "integer", "minimum": 1, "maximum": 1000},
+        "retries": {"type": "integer", "minimum": 0, "maximum": 10},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "enabled": {"type": "boolean"},
+        "notify": {"type": "array", "items": REF("Notify")},
+        "run_after": {"type": "array", "items": ID},
+        "last_execution": {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "required": ["id", "status", "finished_at"],
+                    "properties": {
+                        "id": ID,
+                        "status": {"type": "string"},
+                        "finished_at": TIME_OR_NULL,
+                    },
+                },
+                {"type": "null"},
+            ]
+        },
+        "created_at": TIME,
+        "updated_at": TIME,
+    },
+}
+JOB_FIELDS = {
+    "name": {"type": "string", "minLength": 1, "maxLength": 100},
+    "description": {"type": "string", "maxLength": 2000},
+    "script": {"type": "string", "minLength": 1, "description": "At most 1 MiB (UTF-8 bytes)."},
+    "server_ids": {"type": "array", "minItems": 1, "maxItems": 1000, "items": ID,
+                   "description": "Existing server ids."},
+    "env": ENV,
+    "secret_env": dict(ENV, writeOnly=True,
+                       description="Write-only; values are masked as *** in stored logs."),
+    "timeout_seconds": {"type": "integer", "minimum": 1, "maximum": 86400, "default": 3600},
+    "schedule": {
+        "type": ["string", "null"],
+        "description": "5-field cron expression or @hourly/@daily/@weekly/@monthly; null = no schedule.",
+        "examples": ["*/5 * * * *", "@daily"],
+    },
+    "timezone": {"type": "string", "default": "UTC", "description": "IANA time zone name."},
+    "misfire": {"type": "string", "enum": ["run_once", "skip"]},
+    "concurrency": {"type": "string", "enum": ["allow", "skip", "queue"], "default": "allow"},
+    "max_parallel": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
+    "retries": {"type": "integer", "minimum": 0, "maximum": 10, "default": 0},
+    "tags": TAGS,
+    "enabled": {"type": "boolean", "default": True},
+    "notify": {"type": "array", "items": REF("NotifyInput")},
+    "run_after": {"type": "array", "items": ID, "description": "Ids of existing jobs."},
+}
+schemas["JobCreate"] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "script", "server_ids"],
+    "properties": JOB_FIELDS,
+}
+
+
+def strip_defaults(props):
+    out = {}
+    for k, v in props.items():
+        v = dict(v)
+        v.pop("default", None)
+        out[k] = v
+    return out
+
+
+schemas["JobPatch"] = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "Every field is optional; absent fields are left as they are.",
+    "properties": strip_defaults(JOB_FIELDS),
+}
+
+
+def list_schema(item):
+    return {
+        "type": "object",
+        "required": ["items", "next_cursor"],
+        "properties": {
+            "items": {"type": "array", "items": REF(item)},
+            "next_cursor": {
+                "type": ["string", "null"],
+                "description": "Pass as `cursor` to get the next page; null on the last page.",
+            },
+        },
+    }
+
+
+schemas["UserList"] = list_schema("User")
+schemas["TokenList"] = list_schema("Token")
+schemas["ServerList"] = list_schema("Server")
+schemas["JobList"] = list_schema("Job")
+
+# ---- responses -------------------------------------------------------------
+
+
+def problem(desc, headers=None):
+    r = {"description": desc,
+         "content": {"application/problem+json": {"schema": REF("Problem")}}}
+    if headers:
+        r["headers"] = headers
+    return r
+
+
+responses = {
+    "BadRequest": problem("Malformed JSON, invalid UTF-8, nesting too deep, or a malformed query parameter."),
+    "Unauthorized": problem("Not signed in (no, expired or revoked session or token)."),
+    "Forbidden": problem("Signed in, but the role may not do this; or a cookie-authenticated "
+                         "write without a valid X-CSRF-Token."),
+    "NotFound": problem("No such object (also for a path id that is not a positive 64-bit integer)."),
+    "Conflict": problem("Duplicate name, or delete while referenced."),
+    "PayloadTooLarge": problem("Body larger than 2 MiB."),
+    "UnsupportedMediaType": problem("Body not sent as application/json."),
+    "ValidationFailed": problem("Validation failed; `errors` names each field (unknown fields are rejected too)."),
+    "TooManyRequests": problem(
+        "Too many failed sign-ins from this address or for this user.",
+        {"Retry-After": {"description": "Seconds to wait before trying again.",
+                         "schema": {"type": "integer", "minimum": 0}}},
+    ),
+    "ServiceUnavailable": problem("The database is unreachable."),
+    "NotImplemented": problem("Not implemented in this version."),
+}
+
+# ---- operations ------------------------------------------------------------
+
+READ_SEC = [{"cookieAuth": []}, {"bearerAuth": []}]
+WRITE_SEC = [{"cookieAuth": [], "csrfToken": []}, {"bearerAuth": []}]
+
+ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": ID}
+LIST_PARAMS = [
+    {"name": "limit", "in": "query", "required": False,
+     "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
+    {"name": "cursor", "in": "query", "required": False,
+     "description": "Opaque; the next_cursor of the previous page.", "schema": {"type": "string"}},
+]
+FILTER_PARAMS = [
+    {"name": "tag", "in": "query", "required": False, "description": "Only objects carrying this tag.",
+     "schema": {"type": "string"}},
+    {"name": "q", "in": "query", "required": False,
+     "description": "Search text: objects whose name contains it.",
+     "schema": {"type": "string"}},
+]
+
+
+def json_ok(desc, schema, headers=None):
+    r = {"description": desc, "content": {"application/json": {"schema": schema}}}
+    if headers:
+        r["headers"] = headers
+    return r
+
+
+def body(name, required=True):
+    return {"required": required, "content": {"application/json": {"schema": REF(name)}}}
+
+
+def errs(*codes):
+    names = {
+        "400": "BadRequest", "401": "Unauthorized", "403": "Forbidden", "404": "NotFound",
+        "409": "Conflict", "413": "PayloadTooLarge", "415": "UnsupportedMediaType",
+        "422": "ValidationFailed", "429": "TooManyRequests", "501": "NotImplemented",
+        "503": "ServiceUnavailable",
+    }
+    return {c: RESP(names[c]) for c in codes}
+
+
+def op(op_id, summary, tag, responses_, security=READ_SEC, params=None, request=None, desc=None):
+    o = {"operationId": op_id, "summary": summary, "tags": [tag], "security": security}
+    if desc:
+        o["description"] = desc
+    if params:
+        o["parameters"] = params
+    if request:
+        o["requestBody"] = request
+    o["responses"] = responses_
+    return o
+
+
+NO_CONTENT = {"204": {"description": "Done."}}
+WRITE_ERRS = ("400", "401", "403", "413", "415", "422", "503")
+
+paths = {}
+
+
+def links(kind):
+    """Links from a created object to the operations on it (used by stateful testing)."""
+    ops = {"servers": ["getServer", "updateServer", "deleteServer"],
+           "jobs": ["getJob", "updateJob", "deleteJob"],
+           "users": ["getUser", "updateUser", "deleteUser"],
+           "tokens": ["deleteToken"]}[kind]
+    return {op_id: {"operationId": op_id, "parameters": {"id": "$response.body#/id"}} for op_id in ops}
+
+
+def with_links(response, kind):
+    return dict(response, links=links(kind))
+
+paths["/api/health"] = {
+    "get": op("getHealth", "Liveness and database health", "operations", {
+        "200": json_ok("Healthy.", REF("Health")),
+        "503": json_ok("Degraded: the database is unreachable "
+                       "(`{\"status\":\"degraded\",\"database\":\"unreachable\",\"executors\":[]}`).",
+                       REF("Health")),
+    }, security=[]),
+}
+paths["/api/openapi.json"] = {
+    "get": op("getOpenAPI", "This document", "operations", {
+        "200": json_ok("The OpenAPI 3.1 document.", {"type": "object"}),
+    }, security=[]),
+}
+
+SET_COOKIE = {"Set-Cookie": {
+    "description": "`tsubame_session=…; Path=/; HttpOnly; SameSite=Strict` (+ `Secure` unless "
+                   "configured for plain-HTTP development).",
+    "schema": {"type": "string"}}}
+paths["/api/v1/auth/login"] = {
+    "post": op("login", "Sign in with username and password", "auth", dict(
+        {"200": json_ok("Signed in; the session cookie is set.", REF("Session"), SET_COOKIE)},
+        **errs("400", "401", "413", "415", "422", "429", "503")),
+        security=[], request=body("Login"),
+        desc="A wrong username and a wrong password give the same 401. Repeated failures from one "
+             "address or for one user within the throttling window give 429 with Retry-After."),
+}
+paths["/api/v1/auth/logout"] = {
+    "post": op("logout", "Sign out (revokes the session server-side)", "auth",
+               dict(NO_CONTENT, **errs("401", "403", "503")), security=WRITE_SEC),
+}
+paths["/api/v1/auth/me"] = {
+    "get": op("me", "The signed-in user and the CSRF token of the session", "auth",
+              dict({"200": json_ok("The caller.", REF("Me"))}, **errs("401", "503"))),
+}
+
+paths["/api/v1/tokens"] = {
+    "get": op("listTokens", "List API tokens (own; admins see all)", "tokens",
+              dict({"200": json_ok("A page of tokens (never containing the secrets).", REF("TokenList"))},
+                   **errs("400", "401", "503")), params=LIST_PARAMS),
+    "post": op("createToken", "Create an API token for yourself", "tokens",
+               dict({"201": with_links(json_ok("Created; `token` is shown only here.", REF("TokenCreated")), "tokens")},
+                    **errs(*WRITE_ERRS)), security=WRITE_SEC, request=body("TokenCreate")),
+}
+paths["/api/v1/tokens/{id}"] = {
+    "parameters": [ID_PARAM],
+    "delete": op("deleteToken", "Revoke an API token (own; admins any)", "tokens",
+                 dict(NO_CONTENT, **errs("401", "403", "404", "503")), security=WRITE_SEC),
+}
+
+paths["/api/v1/users"] = {
+    "get": op("listUsers", "List users (admin)", "users",
+              dict({"200": json_ok("A page of users.", REF("UserList"))}, **errs("400", "401", "403", "503")),
+              params=LIST_PARAMS),
+    "post": op("createUser", "Create a user (admin)", "users",
+               dict({"201": with_links(json_ok("Created.", REF("User")), "users")}, **errs(*WRITE_ERRS, "409")),
+               security=WRITE_SEC, request=body("UserCreate")),
+}
+paths["/api/v1/users/{id}"] = {
+    "parameters": [ID_PARAM],
+    "get": op("getUser", "Get a user (admin)", "users",
+              dict({"200": json_ok("The user.", REF("User"))}, **errs("401", "403", "404", "503"))),
+    "patch": op("updateUser", "Change password, role or disabled flag (admin)", "users",
+                dict({"200": json_ok("Updated.", REF("User"))}, **errs(*WRITE_ERRS, "404", "409")),
+                security=WRITE_SEC, request=body("UserPatch")),
+    "delete": op("deleteUser", "Delete a user (admin)", "users",
+                 dict(NO_CONTENT, **errs("401", "403", "404", "409", "503")), security=WRITE_SEC),
+}
+
+paths["/api/v1/servers"] = {
+    "get": op("listServers", "List servers", "servers",
+              dict({"200": json_ok("A page of servers.", REF("ServerList"))}, **errs("400", "401", "503")),
+              params=FILTER_PARAMS + LIST_PARAMS),
+    "post": op("createServer", "Add a server (admin)", "servers",
+               dict({"201": with_links(json_ok("Created.", REF("Server")), "servers")}, **errs(*WRITE_ERRS, "409")),
+               security=WRITE_SEC, request=body("ServerCreate")),
+}
+paths["/api/v1/servers/{id}"] = {
+    "parameters": [ID_PARAM],
+    "get": op("getServer", "Get a server", "servers",
+              dict({"200": json_ok("The server.", REF("Server"))}, **errs("401", "404", "503"))),
+    "patch": op("updateServer", "Change a server (admin)", "servers",
+                dict({"200": json_ok("Updated.", REF("Server"))}, **errs(*WRITE_ERRS, "404", "409")),
+                security=WRITE_SEC, request=body("ServerPatch")),
+    "delete": op("deleteServer", "Delete a server (admin); 409 while a job targets it", "servers",
+                 dict(NO_CONTENT, **errs("401", "403", "404", "409", "503")), security=WRITE_SEC),
+}
+
+paths["/api/v1/jobs"] = {
+    "get": op("listJobs", "List jobs", "jobs",
+              dict({"200": json_ok("A page of jobs.", REF("JobList"))}, **errs("400", "401", "503")),
+              params=FILTER_PARAMS + LIST_PARAMS),
+    "post": op("createJob", "Create a job (operator, admin)", "jobs",
+               dict({"201": with_links(json_ok("Created.", REF("Job")), "jobs")}, **errs(*WRITE_ERRS, "409")),
+               security=WRITE_SEC, request=body("JobCreate")),
+}
+paths["/api/v1/jobs/{id}"] = {
+    "parameters": [ID_PARAM],
+    "get": op("getJob", "Get a job", "jobs",
+              dict({"200": json_ok("The job.", REF("Job"))}, **errs("401", "404", "503"))),
+    "patch": op("updateJob", "Change a job (operator, admin)", "jobs",
+                dict({"200": json_ok("Updated.", REF("Job"))}, **errs(*WRITE_ERRS, "404", "409")),
+                security=WRITE_SEC, request=body("JobPatch")),
+    "delete": op("deleteJob", "Delete a job (operator, admin)", "jobs",
+                 dict(NO_CONTENT, **errs("401", "403", "404", "409", "503")), security=WRITE_SEC),
+}
+paths["/api/v1/jobs/{id}/run"] = {
+    "parameters": [ID_PARAM],
+    "post": op("runJob", "Run a job now (operator, admin) — not implemented yet", "jobs",
+               errs("401", "403", "404", "501"), security=WRITE_SEC,
+               desc="Answers 501 in this version; later 202 with an Execution."),
+}
+
+doc = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "tsubame-ci API",
+        "version": "1.0.0",
+        "description": (
+            "REST API of tsubame-ci (v1), as implemented in this milestone. JSON in UTF-8 both ways; "
+            "request bodies must be `application/json` (else 415); unknown fields are rejected (422). "
+            "Errors are `application/problem+json`. A path id that is not a positive 64-bit integer "
+            "answers 404. A method a path does not support answers 405. Bodies over 2 MiB answer 413. "
+            "Cookie-authenticated POST/PATCH/DELETE must carry `X-CSRF-Token`; Bearer tokens need none."
+        ),
+    },
+    "servers": [{"url": "/"}],
+    "tags": [
+        {"name": "operations"}, {"name": "auth"}, {"name": "tokens"}, {"name": "users"},
+        {"name": "servers"}, {"name": "jobs"},
+    ],
+    "security": READ_SEC,
+    "paths": paths,
+    "components": {
+        "securitySchemes": {
+            "cookieAuth": {"type": "apiKey", "in": "cookie", "name": "tsubame_session",
+                           "description": "Session cookie set by POST /api/v1/auth/login."},
+            "csrfToken": {"type": "apiKey", "in": "header", "name": "X-CSRF-Token",
+                          "description": "The csrf_token of the session; required with cookieAuth on writes."},
+            "bearerAuth": {"type": "http", "scheme": "bearer",
+                           "description": "API token from POST /api/v1/tokens."},
+        },
+        "schemas": schemas,
+        "responses": responses,
+    },
+}
+
+out = sys.argv[1] if len(sys.argv) > 1 else str(
+    Path(__file__).resolve().parents[2] / "Sources" / "TsubameHTTP" / "Resources" / "openapi.json")
+with open(out, "w") as f:
+    json.dump(doc, f, indent=2, ensure_ascii=False)
+    f.write("\n")

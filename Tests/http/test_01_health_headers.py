@@ -1,0 +1,107 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Health, the OpenAPI document, security headers and /metrics."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from helpers import OPENAPI_FILE, Client, assert_problem
+
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+
+def test_health_is_public_and_ok(anon: Client) -> None:
+    r = anon.get("/api/health")
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"].startswith("application/json")
+    body = r.json()
+    assert body["status"] == "ok"
+    assert body["database"] == "ok"
+    assert isinstance(body["executors"], list)
+    for e in body["executors"]:
+        assert {"id", "host", "last_seen"} <= set(e)
+
+
+def test_openapi_is_public_and_matches_the_repository_file(anon: Client) -> None:
+    r = anon.get("/api/openapi.json")
+    assert r.status_code == 200, r.text[:300]
+    assert r.headers["Content-Type"].startswith("application/json")
+    served = r.json()
+    assert served["openapi"].startswith("3.1")
+    local = json.loads(OPENAPI_FILE.read_text())
+
+    def operations(doc: dict) -> set[tuple[str, str]]:
+        return {(p, m) for p, item in doc["paths"].items() for m in item if m in HTTP_METHODS}
+
+    assert operations(served) == operations(local)
+    assert set(served["components"]["schemas"]) == set(local["components"]["schemas"])
+    assert served["servers"] == [{"url": "/"}]
+
+
+def test_openapi_lists_the_milestone_operations() -> None:
+    doc = json.loads(OPENAPI_FILE.read_text())
+    ops = {(p, m) for p, item in doc["paths"].items() for m in item if m in HTTP_METHODS}
+    expected = {
+        ("/api/health", "get"), ("/api/openapi.json", "get"),
+        ("/api/v1/auth/login", "post"), ("/api/v1/auth/logout", "post"), ("/api/v1/auth/me", "get"),
+        ("/api/v1/tokens", "get"), ("/api/v1/tokens", "post"), ("/api/v1/tokens/{id}", "delete"),
+        ("/api/v1/users", "get"), ("/api/v1/users", "post"),
+        ("/api/v1/users/{id}", "get"), ("/api/v1/users/{id}", "patch"), ("/api/v1/users/{id}", "delete"),
+        ("/api/v1/servers", "get"), ("/api/v1/servers", "post"),
+        ("/api/v1/servers/{id}", "get"), ("/api/v1/servers/{id}", "patch"), ("/api/v1/servers/{id}", "delete"),
+        ("/api/v1/jobs", "get"), ("/api/v1/jobs", "post"),
+        ("/api/v1/jobs/{id}", "get"), ("/api/v1/jobs/{id}", "patch"), ("/api/v1/jobs/{id}", "delete"),
+        ("/api/v1/jobs/{id}/run", "post"),
+    }
+    assert ops == expected
+
+
+def test_openapi_file_is_a_valid_document() -> None:
+    validator = pytest.importorskip("openapi_spec_validator")
+    validator.validate(json.loads(OPENAPI_FILE.read_text()))
+
+
+def _assert_security_headers(r, where: str) -> None:
+    csp = r.headers.get("Content-Security-Policy", "")
+    assert csp, f"{where}: no Content-Security-Policy"
+    assert "default-src" in csp, f"{where}: CSP without default-src: {csp!r}"
+    directives = {d.strip().split(" ")[0]: d.strip() for d in csp.split(";") if d.strip()}
+    scripts = directives.get("script-src", directives["default-src"])
+    assert "unsafe-inline" not in scripts and "unsafe-eval" not in scripts, f"{where}: CSP {csp!r}"
+    assert r.headers.get("X-Content-Type-Options", "").lower() == "nosniff", f"{where}: {r.headers}"
+    assert r.headers.get("X-Frame-Options", "").upper() in {"DENY", "SAMEORIGIN"}, f"{where}: {r.headers}"
+
+
+@pytest.mark.parametrize("path, status", [
+    ("/", 200),
+    ("/api/health", 200),
+    ("/api/openapi.json", 200),
+    ("/api/v1/auth/me", 401),          # error answers carry the headers too (nginx `always`)
+    ("/api/v1/servers/1", 401),
+])
+def test_security_headers(anon: Client, path: str, status: int) -> None:
+    r = anon.get(path)
+    assert r.status_code == status, f"{path}: {r.status_code} {r.text[:300]}"
+    _assert_security_headers(r, path)
+
+
+def test_security_headers_on_authenticated_api_answers(admin_token: Client) -> None:
+    r = admin_token.get("/api/v1/servers")
+    assert r.status_code == 200
+    _assert_security_headers(r, "/api/v1/servers")
+    r = admin_token.get("/api/v1/servers/99999999")
+    assert_problem(r, 404)
+    _assert_security_headers(r, "/api/v1/servers/99999999 (404)")
+
+
+def test_metrics_from_loopback(anon: Client) -> None:
+    r = anon.get("/metrics")
+    assert r.status_code == 200, r.text[:300]
+    assert r.headers["Content-Type"].startswith("text/plain")
+    sample = re.compile(r"^[A-Za-z_:][A-Za-z0-9_:]*(\{[^}]*\})? [-+0-9.eEInfNa]+( \d+)?$")
+    lines = [ln for ln in r.text.splitlines() if ln and not ln.startswith("#")]
+    assert lines, "no samples in /metrics"
+    bad = [ln for ln in lines if not sample.match(ln)]
+    assert not bad, f"lines not in the Prometheus text format: {bad[:5]}"

@@ -1,0 +1,76 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Property-based run of schemathesis (v4 CLI) against the live API and its own OpenAPI document.
+
+Checks: no 5xx on any generated input, and every documented answer matches its
+schema. Runs last (it creates many servers, jobs, users and tokens), as its own
+admin user, and leaves out the operations that would sign that admin out or
+throttle the address: login, logout, PATCH/DELETE of users, DELETE of tokens
+(and, for now, POST /jobs/{id}/run, which answers 501 by design). The
+coverage phase also sends methods a path does not have (PUT, TRACE, QUERY…):
+they must answer 405 (nginx answers TRACE itself), never 501.
+Set TSUBAME_TEST_SCHEMATHESIS_SEED to replay a run.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from helpers import Client, unique
+
+# runJob answers 501 until executions exist (a 5xx by design); include it again then.
+EXCLUDED_OPERATIONS = ["login", "logout", "updateUser", "deleteUser", "deleteToken", "runJob"]
+TIME_LIMIT = 240
+
+
+def _schemathesis() -> list[str]:
+    exe = shutil.which("schemathesis") or shutil.which("st")
+    if exe is None:
+        candidate = Path(sys.executable).with_name("schemathesis")
+        exe = str(candidate) if candidate.exists() else None
+    if exe is None:
+        pytest.skip("schemathesis is not installed (pip install -r Tests/http/requirements.txt)")
+    return [exe]
+
+
+@pytest.mark.timeout(TIME_LIMIT + 30)
+def test_schemathesis(base_url: str, create_user: Callable[..., dict], login: Callable[[str, str], Client],
+                      tmp_path: Path) -> None:
+    cmd = _schemathesis()
+    user = create_user("admin", username=unique("fuzz"))
+    token = login(user["username"], user["password"]).ok("POST", "/api/v1/tokens", json={"name": unique("fuzz")})
+    cmd += [
+        "run", f"{base_url}/api/openapi.json",
+        "--url", base_url,
+        "--header", f"Authorization: Bearer {token['token']}",
+        "--checks", "not_a_server_error,response_schema_conformance",
+        "--phases", "examples,coverage,fuzzing,stateful",
+        "--max-examples", "20",
+        "--workers", "2",
+        "--request-timeout", "30",
+        "--suppress-health-check", "all",
+        "--generation-with-security-parameters", "false",
+        "--generation-database", "none",
+        "--no-color",
+    ]
+    for op in EXCLUDED_OPERATIONS:
+        cmd += ["--exclude-operation-id", op]
+    seed = os.environ.get("TSUBAME_TEST_SCHEMATHESIS_SEED")
+    if seed:
+        cmd += ["--seed", seed]
+    shown = " ".join(c if not c.startswith("Authorization:") else "Authorization: Bearer ***" for c in cmd)
+    try:
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=TIME_LIMIT,
+                              env=dict(os.environ, NO_COLOR="1"))
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"")
+        out = out.decode(errors="replace") if isinstance(out, bytes) else out
+        pytest.fail(f"schemathesis ran longer than {TIME_LIMIT} s: {shown}\n{out[-4000:]}")
+    output = proc.stdout + proc.stderr
+    print(output[-20000:])
+    assert proc.returncode == 0, f"schemathesis failed (exit {proc.returncode}): {shown}\n{output[-12000:]}"
