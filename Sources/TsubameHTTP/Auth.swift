@@ -53,10 +53,6 @@ enum Auth {
         return nil
     }
 
-    static func userJSON(_ id: Int64, _ username: String, _ role: String) -> JSON {
-        .object([("id", .int(id)), ("username", .string(username)), ("role", .string(role))])
-    }
-
     static func login(_ ctx: Context) throws -> HTTPResponse {
         var body = try BodyReader(try ctx.json())
         let username = body.string("username", .required, min: 1, max: 200)
@@ -90,8 +86,8 @@ enum Auth {
         }
         var cookie = "\(cookieName)=\(token); Path=/; HttpOnly; SameSite=Strict; Max-Age=\(s.sessionHours * 3600)"
         if s.cookieSecure { cookie += "; Secure" }
-        return Reply.json(200, .object([("user", userJSON(userID, row.string("username"), row.string("role"))), ("csrf_token", .string(csrf))]),
-                          headers: [("Set-Cookie", cookie)])
+        let user = try Users.fetch(ctx, userID)
+        return Reply.json(200, .object([("user", Users.json(user)), ("csrf_token", .string(csrf))]), headers: [("Set-Cookie", cookie)])
     }
 
     /// 429 when this user name or this address failed too often in the window.
@@ -121,7 +117,7 @@ enum Auth {
 
     static func me(_ ctx: Context) throws -> HTTPResponse {
         let p = try ctx.caller()
-        return Reply.json(200, .object([("user", userJSON(p.userID, p.username, p.role.rawValue)),
-                                        ("csrf_token", JSON.optString(p.csrfToken))]))
+        // Bearer callers need no CSRF token; they get null.
+        return Reply.json(200, .object([("user", Users.json(try Users.fetch(ctx, p.userID))), ("csrf_token", JSON.optString(p.csrfToken))]))
     }
 }

@@ -119,6 +119,19 @@ public final class PGConnection: @unchecked Sendable {
 
     public var isOK: Bool { conn.map { PQstatus($0) == CONNECTION_OK } ?? false }
 
+    /// Outside a transaction: notices a connection the server closed (restart, terminate) and opens a new one,
+    /// so the caller never sees the stale connection. An idle connection (no LISTEN here) has nothing to say:
+    /// anything readable on its socket is the server's goodbye (a FATAL message or EOF).
+    private func refreshIfStale() throws {
+        guard transactionDepth == 0 else { return }
+        if let c = conn, PQstatus(c) == CONNECTION_OK {
+            var p = pollfd(fd: PQsocket(c), events: Int16(POLLIN), revents: 0)
+            if poll(&p, 1, 0) == 0 { return }
+        }
+        Log.info("reconnecting to PostgreSQL")
+        try connect()
+    }
+
     /// Re-establishes a broken connection. Safe to call at any time outside a transaction.
     public func reconnectIfNeeded() throws { if !isOK { try connect() } }
 
@@ -133,7 +146,7 @@ public final class PGConnection: @unchecked Sendable {
     /// Runs one parameterised statement, prepared once per connection and reused.
     @discardableResult
     public func query(_ sql: String, _ params: [any PGParameter] = []) throws -> [PGRow] {
-        if !isOK, transactionDepth == 0 { try connect() }
+        try refreshIfStale()
         guard let c = conn else { throw lost("query") }
         let name: String
         if let n = prepared[sql] {
@@ -155,7 +168,7 @@ public final class PGConnection: @unchecked Sendable {
 
     /// Runs `body` in a transaction: committed when it returns, rolled back when it throws.
     public func transaction<T>(_ body: () throws -> T) throws -> T {
-        if !isOK, transactionDepth == 0 { try connect() }
+        try refreshIfStale()
         try execute("BEGIN")
         transactionDepth += 1
         do {

@@ -24,7 +24,8 @@ enum TestDB {
     }
 
     static func makeApp(url: String? = nil, maxFailures: Int = 3) throws -> App {
-        App(settings: AppSettings(databaseURL: url ?? TestDB.url!, cookieSecure: true, sessionHours: 1, loginMaxFailures: maxFailures,
+        let own = TestDB.url! + (TestDB.url!.contains("?") ? "&" : "?") + "application_name=tsubame_apitest"
+        return App(settings: AppSettings(databaseURL: url ?? own, cookieSecure: true, sessionHours: 1, loginMaxFailures: maxFailures,
                                   loginWindowSeconds: 600, hasher: hasher),
             box: try SecretBox(key: Array(repeating: 7, count: 32)))
     }
