@@ -262,7 +262,10 @@ NOTIFY = {
         "to": {"type": "string", "description": "For email."},
     },
 }
-schemas["NotifyInput"] = dict(NOTIFY, additionalProperties=False)
+NOTIFY_ON = ["started", "succeeded", "failed", "cancelled", "timed_out", "long_running"]
+schemas["NotifyInput"] = dict(NOTIFY, additionalProperties=False, properties=dict(
+    NOTIFY["properties"], on={"type": "array", "items": {"type": "string", "enum": NOTIFY_ON},
+                              "examples": [["failed", "timed_out"]]}))
 schemas["Notify"] = dict(NOTIFY, properties=dict(
     NOTIFY["properties"], url={"type": ["string", "null"]}, to={"type": ["string", "null"]}))
 
@@ -294,7 +297,7 @@ schemas["Job"] = {
             "type": "array",
             "maxItems": 5,
             "items": TIME,
-            "description": "The next (up to) 5 scheduled times; empty when there is no schedule.",
+            "description": "The next 5 scheduled times; empty when there is no schedule or the job is disabled.",
         },
         "concurrency": {"type": "string", "enum": ["allow", "skip", "queue"]},
         "max_parallel": {"type": "integer", "minimum": 1, "maximum": 1000},
@@ -366,8 +369,16 @@ def strip_defaults(props):
 schemas["JobPatch"] = {
     "type": "object",
     "additionalProperties": False,
-    "description": "Every field is optional; absent fields are left as they are.",
-    "properties": strip_defaults(JOB_FIELDS),
+    "description": "Every field is optional; absent fields are left as they are. Fields are replaced "
+                   "as a whole, except `secret_env`, which is merged (its values cannot be read back).",
+    "properties": dict(strip_defaults(JOB_FIELDS), secret_env={
+        "type": "object",
+        "propertyNames": {"pattern": ENV_NAME},
+        "additionalProperties": {"type": ["string", "null"]},
+        "writeOnly": True,
+        "description": "Merged into the stored secrets: a string sets one, null removes it, "
+                       "names not mentioned stay.",
+    }),
 }
 
 

@@ -27,6 +27,7 @@ def test_login_sets_a_strict_http_only_cookie(create_user: Callable[..., dict]) 
     assert body["user"]["username"] == u["username"]
     assert body["user"]["role"] == "viewer"
     assert body["user"]["id"] == u["id"]
+    assert body["user"]["disabled"] is False and body["user"]["created_at"] == u["created_at"]
     assert isinstance(body["csrf_token"], str) and len(body["csrf_token"]) >= 16
     assert u["password"] not in r.text
     attrs = {a.split("=", 1)[0].lower(): (a.split("=", 1)[1] if "=" in a else "") for a in _cookie_attributes(r)}

@@ -82,7 +82,7 @@ def test_create_with_everything(jobs: Callable[..., dict], admin_token: Client, 
         max_parallel=1000,
         retries=10,
         tags=["backup", "nightly:v2"],
-        enabled=False,
+        enabled=True,
         notify=[{"on": ["failed", "timed_out"], "type": "webhook", "url": "http://127.0.0.1:9/hook"},
                 {"on": ["succeeded"], "type": "email", "to": "ops@example.invalid"}],
         run_after=[first["id"]],
@@ -136,9 +136,19 @@ def test_secret_env_values_are_never_returned(jobs: Callable[..., dict], admin_t
     r = admin_token.patch(f"/api/v1/jobs/{jid}", json={"description": "x"})
     assert r.status_code == 200 and sorted(r.json()["secret_env_names"]) == ["API_KEY", "DB_PASS"]
     assert secret not in r.text
-    r = admin_token.patch(f"/api/v1/jobs/{jid}", json={"secret_env": {"ONLY": "v-" + secret}})
+    # PATCH merges secrets (they cannot be read back to resend): a string sets, null removes
+    r = admin_token.patch(f"/api/v1/jobs/{jid}", json={"secret_env": {"NEW": "v-" + secret, "API_KEY": None}})
     assert r.status_code == 200, r.text
-    assert r.json()["secret_env_names"] == ["ONLY"] and secret not in r.text
+    assert sorted(r.json()["secret_env_names"]) == ["DB_PASS", "NEW"] and secret not in r.text
+    r = admin_token.patch(f"/api/v1/jobs/{jid}", json={"secret_env": {"API_KEY": "x-" + secret}})
+    assert sorted(r.json()["secret_env_names"]) == ["API_KEY", "DB_PASS", "NEW"] and secret not in r.text
+
+
+def test_disabled_job_keeps_its_schedule(jobs: Callable[..., dict], admin_token: Client) -> None:
+    j = jobs(schedule="@hourly", enabled=False)
+    assert j["enabled"] is False and j["schedule"] == "@hourly"
+    j = admin_token.ok("PATCH", f"/api/v1/jobs/{j['id']}", json={"enabled": True})
+    assert j["enabled"] is True and j["schedule"] == "@hourly" and len(j["next_runs"]) == 5
 
 
 @pytest.mark.parametrize("overrides, field", [

@@ -8,7 +8,9 @@ throttle the address: login, logout, PATCH/DELETE of users, DELETE of tokens
 (and, for now, POST /jobs/{id}/run, which answers 501 by design). The
 coverage phase also sends methods a path does not have (PUT, TRACE, QUERY…):
 they must answer 405 (nginx answers TRACE itself), never 501.
-Set TSUBAME_TEST_SCHEMATHESIS_SEED to replay a run.
+Set TSUBAME_TEST_SCHEMATHESIS_SEED to replay a run, and
+TSUBAME_TEST_OPENAPI_FILE=PATH to test against a local document instead of the
+served one (e.g. a schema edit before the worker is rebuilt).
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ def test_schemathesis(base_url: str, create_user: Callable[..., dict], login: Ca
     user = create_user("admin", username=unique("fuzz"))
     token = login(user["username"], user["password"]).ok("POST", "/api/v1/tokens", json={"name": unique("fuzz")})
     cmd += [
-        "run", f"{base_url}/api/openapi.json",
+        "run", os.environ.get("TSUBAME_TEST_OPENAPI_FILE") or f"{base_url}/api/openapi.json",
         "--url", base_url,
         "--header", f"Authorization: Bearer {token['token']}",
         "--checks", "not_a_server_error,response_schema_conformance",
