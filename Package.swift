@@ -29,6 +29,7 @@ let package = Package(
                 resources: [.embedInCode("Migrations")], swiftSettings: settings),
         .target(name: "TsubameCrypto", dependencies: ["TsubameCore", "COpenSSL"], swiftSettings: settings),
         .target(name: "TsubameFastCGI", dependencies: ["CFastCGI"], swiftSettings: settings),
+        .target(name: "TsubameSSH", dependencies: ["TsubameCore", "CLibSSH2", "CTsubameShims"], swiftSettings: settings),
         // The application: routes, auth, validation → SQL. Imports no C module.
         .target(name: "TsubameHTTP", dependencies: ["TsubameCore", "TsubameCrypto", "TsubamePostgres", "TsubameFastCGI"],
                 resources: [.embedInCode("Resources")], swiftSettings: settings),
@@ -41,7 +42,7 @@ let package = Package(
         .executableTarget(name: "TsubameWorkerMain", dependencies: ["TsubameCore", "TsubameHTTP", "TsubameFastCGI"], swiftSettings: settings),
 
         .testTarget(name: "TsubameTests",
-                    dependencies: ["TsubameCore", "TsubamePostgres", "TsubameCrypto", "TsubameFastCGI", "TsubameHTTP", "TsubamePool"],
+                    dependencies: ["TsubameCore", "TsubamePostgres", "TsubameCrypto", "TsubameFastCGI", "TsubameHTTP", "TsubamePool", "TsubameSSH"],
                     swiftSettings: settings),
     ]
 )

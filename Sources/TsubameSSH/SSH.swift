@@ -1,0 +1,2 @@
+// SPDX-License-Identifier: MIT
+// libssh2 behind Swift types (being written).
