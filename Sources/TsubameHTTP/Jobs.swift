@@ -14,7 +14,10 @@ enum Jobs {
         j.timeout_seconds, j.schedule, j.timezone, j.misfire, j.concurrency, j.max_parallel, j.retries,
         to_json(j.tags)::text AS tags_json, j.enabled, j.notify::text AS notify_json, to_json(j.run_after)::text AS run_after_json,
         (SELECT coalesce(json_agg(js.server_id ORDER BY js.position), '[]') FROM job_servers js WHERE js.job_id = j.id)::text AS servers_json,
-        \(tsSQL("j.created_at", as: "created")), \(tsSQL("j.updated_at", as: "updated"))
+        \(tsSQL("j.created_at", as: "created")), \(tsSQL("j.updated_at", as: "updated")),
+        (SELECT json_build_object('id', e.id, 'status', e.status, 'finished_at',
+                                  to_char(e.finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))
+         FROM executions e WHERE e.job_id = j.id ORDER BY e.id DESC LIMIT 1)::text AS last_json
         """
     static let notifyStatuses = ["started", "succeeded", "failed", "cancelled", "timed_out", "long_running"]
 
@@ -32,7 +35,7 @@ enum Jobs {
             ("next_runs", .array(nextRuns)), ("concurrency", .string(r.string("concurrency"))),
             ("max_parallel", .int(r.int("max_parallel"))), ("retries", .int(r.int("retries"))), ("tags", r.json("tags_json")),
             ("enabled", .bool(r.bool("enabled"))), ("notify", r.json("notify_json")), ("run_after", r.json("run_after_json")),
-            ("last_execution", .null), ("created_at", ts(r, "created")), ("updated_at", ts(r, "updated")),
+            ("last_execution", r.json("last_json")), ("created_at", ts(r, "created")), ("updated_at", ts(r, "updated")),
         ])
     }
 
@@ -262,12 +265,6 @@ enum Jobs {
             try ctx.audit("job.delete", target: "job:\(id)", detail: .object([("name", .string(cur.string("name")))]))
         }
         return Reply.noContent()
-    }
-
-    static func run(_ ctx: Context) throws -> HTTPResponse {
-        _ = try ctx.require(.operator_)
-        _ = try fetch(try ctx.db, ctx.id())
-        throw APIError.notImplemented("Running jobs arrives with the executor; this server cannot run jobs yet.")
     }
 }
 

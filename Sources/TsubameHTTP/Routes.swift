@@ -28,7 +28,13 @@ enum Routes {
         r("/api/v1/servers/{id}", ["GET": Servers.get, "PATCH": Servers.update, "DELETE": Servers.delete]),
         r("/api/v1/jobs", ["GET": Jobs.list, "POST": Jobs.create]),
         r("/api/v1/jobs/{id}", ["GET": Jobs.get, "PATCH": Jobs.update, "DELETE": Jobs.delete]),
-        r("/api/v1/jobs/{id}/run", ["POST": Jobs.run]),
+        r("/api/v1/jobs/{id}/run", ["POST": Executions.run]),
+        r("/api/v1/executions", ["GET": Executions.list]),
+        r("/api/v1/executions/{id}", ["GET": Executions.get]),
+        r("/api/v1/executions/{id}/cancel", ["POST": Executions.cancel]),
+        r("/api/v1/executions/{id}/rerun", ["POST": Executions.rerun]),
+        r("/api/v1/executions/{id}/log", ["GET": Executions.log]),
+        r("/api/v1/executions/{id}/log.txt", ["GET": Executions.logText]),
         r("/api/v1/audit", ["GET": Audit.list]),
     ]
 

@@ -27,6 +27,7 @@ extension Int: PGParameter { public var pgText: String? { String(self) } }
 extension Int64: PGParameter { public var pgText: String? { String(self) } }
 extension Int32: PGParameter { public var pgText: String? { String(self) } }
 extension Bool: PGParameter { public var pgText: String? { self ? "t" : "f" } }
+extension Double: PGParameter { public var pgText: String? { String(self) } }
 extension Optional: PGParameter where Wrapped: PGParameter { public var pgText: String? { self?.pgText } }
 extension Date: PGParameter { public var pgText: String? { Timestamp.format(self) } }
 /// Binary data, sent as a bytea hex literal.
@@ -95,6 +96,7 @@ public final class PGConnection: @unchecked Sendable {
     public let conninfo: String
     private var prepared: [String: String] = [:]
     private var transactionDepth = 0
+    private var listening: Set<String> = []
 
     /// Connects; throws a PGError naming the problem (without the password).
     public init(_ conninfo: String) throws {
@@ -123,7 +125,8 @@ public final class PGConnection: @unchecked Sendable {
     /// so the caller never sees the stale connection. An idle connection (no LISTEN here) has nothing to say:
     /// anything readable on its socket is the server's goodbye (a FATAL message or EOF).
     private func refreshIfStale() throws {
-        guard transactionDepth == 0 else { return }
+        // A listening connection receives notifications at any time: it is checked by `notifications` instead.
+        guard transactionDepth == 0, listening.isEmpty else { return }
         if let c = conn, PQstatus(c) == CONNECTION_OK {
             var p = pollfd(fd: PQsocket(c), events: Int16(POLLIN), revents: 0)
             if poll(&p, 1, 0) == 0 { return }
@@ -181,6 +184,47 @@ public final class PGConnection: @unchecked Sendable {
             if isOK { _ = try? execute("ROLLBACK") }
             throw error
         }
+    }
+
+    /// Subscribes this connection to a NOTIFY channel (a plain identifier).
+    public func listen(_ channel: String) throws {
+        precondition(channel.allSatisfy { $0.isLetter || $0.isNumber || $0 == "_" }, "bad channel name")
+        listening.insert(channel)
+        try execute("LISTEN \(channel)")
+    }
+
+    /// Waits up to `timeout` seconds for notifications; returns (channel, payload) pairs, possibly none.
+    /// Throws when the connection broke (the caller reconnects, re-listens and polls, since notifications may be lost).
+    public func notifications(timeout: Double) throws -> [(String, String)] {
+        guard let c = conn else { throw lost("notifications") }
+        var out = drainNotifications(c)
+        if !out.isEmpty { return out }
+        var p = pollfd(fd: PQsocket(c), events: Int16(POLLIN), revents: 0)
+        let rc = poll(&p, 1, Int32(max(0, timeout) * 1000))
+        if rc > 0 {
+            guard PQconsumeInput(c) == 1 else {
+                throw PGError(sqlState: nil, message: String(cString: PQerrorMessage(c)), operation: "notifications", connectionLost: true)
+            }
+            out = drainNotifications(c)
+        }
+        if PQstatus(c) != CONNECTION_OK { throw lost("notifications") }
+        return out
+    }
+
+    private func drainNotifications(_ c: OpaquePointer) -> [(String, String)] {
+        var out: [(String, String)] = []
+        while let n = PQnotifies(c) {
+            out.append((String(cString: n.pointee.relname), String(cString: n.pointee.extra)))
+            PQfreemem(n)
+        }
+        return out
+    }
+
+    /// Reconnects and subscribes again to every channel this connection listened on.
+    public func reconnectAndListen() throws {
+        let channels = listening
+        try connect()
+        for ch in channels { try execute("LISTEN \(ch)") }
     }
 
     private func lost(_ op: String) -> PGError {

@@ -282,7 +282,6 @@ struct APITests {
         #expect(admin.patch("/api/v1/jobs/\(id)", #"{"run_after":[999999]}"#).status == 422)
         #expect(admin.patch("/api/v1/jobs/\(id)", #"{"name":"after"}"#).status == 409)
         #expect(admin.patch("/api/v1/jobs/999999", #"{"name":"x"}"#).status == 404)
-        #expect(admin.post("/api/v1/jobs/\(id)/run").status == 501)
         #expect(admin.post("/api/v1/jobs/999999/run").status == 404)
         #expect(admin.get("/api/v1/jobs?tag=ship").json["items"]?.arrayValue?.count == 1)
         #expect(admin.get("/api/v1/jobs?q=ship%20it").json["items"]?.arrayValue?.count == 1)
@@ -320,6 +319,107 @@ struct APITests {
         #expect(r.status == 422, "\(body) → \(r.text)")
         #expect(r.header("Content-Type") == "application/problem+json")
         #expect(admin.get("/api/v1/jobs").json["items"]?.arrayValue?.count == 0)
+    }
+
+    // MARK: executions (queue side; the executor has its own tests)
+
+    @Test func runQueuesAnExecutionAndCancelEndsIt() throws {
+        let s1 = makeServer("e1"), s2 = makeServer("e2")
+        let job = admin.post("/api/v1/jobs", #"{"name":"runme","script":"echo $A","server_ids":[\#(s2),\#(s1)],"env":{"A":"1"}}"#)
+        let jobID = job.json["id"]?.int64Value ?? 0
+        let run = admin.post("/api/v1/jobs/\(jobID)/run", #"{"env":{"A":"2"}}"#)
+        #expect(run.status == 202, "\(run.text)")
+        #expect(run.json["status"] == "queued" && run.json["trigger"] == "manual")
+        #expect(run.json["triggered_by"]?["username"] == "admin")
+        #expect(run.json["targets"]?.arrayValue?.map { $0["server_name"] } == ["e2", "e1"])
+        #expect(run.json["waiting_reason"]?.stringValue?.contains("no executor") == true)
+        let id = run.json["id"]?.int64Value ?? 0
+        #expect(try db.query("SELECT env::text AS e FROM executions WHERE id = $1", [id])[0].string("e").contains("\"2\""))
+        #expect(admin.call("POST", "/api/v1/jobs/\(jobID)/run").status == 202)  // no body is fine
+        #expect(admin.post("/api/v1/jobs/\(jobID)/run", #"{"env":{"1x":"y"}}"#).status == 422)
+        #expect(admin.post("/api/v1/jobs/\(jobID)/run", #"{"bogus":1}"#).status == 422)
+        #expect(admin.get("/api/v1/jobs/\(jobID)").json["last_execution"]?["status"] == "queued")
+        let list = admin.get("/api/v1/executions?job_id=\(jobID)&limit=1")
+        #expect(list.json["items"]?.arrayValue?.count == 1 && list.json["next_cursor"] != .null)
+        #expect(admin.get("/api/v1/executions?server_id=\(s1)&status=queued").json["items"]?.arrayValue?.count == 2)
+        #expect(admin.get("/api/v1/executions?since=2000-01-01T00:00:00Z&until=2100-01-01T00:00:00.5Z").json["items"]?.arrayValue?.count == 2)
+        for q in ["status=nope", "job_id=x", "since=yesterday", "server_id=0"] { #expect(admin.get("/api/v1/executions?\(q)").status == 400) }
+        let cancel = admin.post("/api/v1/executions/\(id)/cancel")
+        #expect(cancel.status == 202)
+        #expect(cancel.json["status"] == "cancelled")
+        #expect(admin.post("/api/v1/executions/\(id)/cancel").status == 409)
+        #expect(admin.post("/api/v1/executions/999999/cancel").status == 404)
+        let log = admin.get("/api/v1/executions/\(id)/log")
+        #expect(log.json["complete"] == .bool(true) && log.json["chunks"]?.arrayValue?.count == 2)
+        #expect(log.json["next_seq"] == 2)
+        #expect(admin.get("/api/v1/executions/\(id)/log?after=1").json["chunks"]?.arrayValue?.count == 1)
+        #expect(admin.get("/api/v1/executions/\(id)/log?after=2&wait=1").json["chunks"]?.arrayValue?.count == 0)
+        for q in ["after=-1", "wait=31", "limit=0", "after=x"] { #expect(admin.get("/api/v1/executions/\(id)/log?\(q)").status == 400) }
+        let text = admin.get("/api/v1/executions/\(id)/log.txt")
+        #expect(text.header("Content-Type")?.hasPrefix("text/plain") == true && text.text.contains("cancelled before it started"))
+        #expect(admin.get("/api/v1/executions/999999/log.txt").status == 404)
+        #expect(admin.get("/api/v1/executions/999999/log").status == 404)
+        // Re-run of failed servers only: everything was cancelled, so both come back.
+        let rerun = admin.post("/api/v1/executions/\(id)/rerun", #"{"only_failed":true}"#)
+        #expect(rerun.status == 202 && rerun.json["trigger"] == "retry" && rerun.json["parent_id"] == .int(id))
+        #expect(rerun.json["targets"]?.arrayValue?.count == 2)
+        #expect(admin.post("/api/v1/executions/\(rerun.json["id"]?.int64Value ?? 0)/rerun", #"{"only_failed":true}"#).status == 409)
+        #expect(admin.post("/api/v1/executions/999999/rerun").status == 404)
+        #expect(admin.get("/api/v1/executions/\(id)").json["id"] == .int(id))
+        #expect(admin.get("/api/v1/executions/999999").status == 404)
+        let viewer = try client("watcher", role: "viewer")
+        #expect(viewer.post("/api/v1/jobs/\(jobID)/run").status == 403)
+        #expect(viewer.get("/api/v1/executions/\(id)").status == 200)
+    }
+
+    @Test func executorQueueClaimsFencesAndReaps() throws {
+        let s1 = makeServer("q1"), s2 = makeServer("q2"), s3 = makeServer("q3")
+        let job = admin.post("/api/v1/jobs", #"{"name":"queue","script":"true","server_ids":[\#(s1),\#(s2),\#(s3)],"max_parallel":2,"retries":1}"#)
+        let jobID = job.json["id"]?.int64Value ?? 0
+        let id = try Queue.enqueue(db, jobID: jobID, trigger: "api", userID: nil, username: nil, envOverrides: nil)!
+        // max_parallel = 2: only two targets are handed out, whoever asks.
+        let a = try Queue.claim(db, executor: "exec-a", limit: 10, leaseSeconds: 30)
+        let b = try Queue.claim(db, executor: "exec-b", limit: 10, leaseSeconds: 30)
+        #expect(a.count == 2 && b.isEmpty)
+        #expect(a.allSatisfy { $0.executionID == id && $0.host == "10.1.2.3" && $0.retries == 1 })
+        #expect(admin.get("/api/v1/executions/\(id)").json["status"] == "running")
+        // A write fenced by another executor's id changes nothing.
+        #expect(try !Queue.finishTarget(db, targetID: a[0].id, executor: "exec-b", status: "succeeded", exitCode: 0, error: nil, retryDelaySeconds: nil))
+        #expect(try !Queue.appendLog(db, executionID: id, targetID: a[0].id, executor: "exec-b", pieces: [LogPiece(serverID: s1, stream: "stdout", data: "x")]))
+        #expect(try Queue.appendLog(db, executionID: id, targetID: a[0].id, executor: "exec-a", pieces: [LogPiece(serverID: s1, stream: "stdout", data: "hello\n")]))
+        #expect(try Queue.finishTarget(db, targetID: a[0].id, executor: "exec-a", status: "succeeded", exitCode: 0, error: nil, retryDelaySeconds: nil))
+        // A failure with retries left goes back to the queue after a backoff.
+        #expect(try Queue.finishTarget(db, targetID: a[1].id, executor: "exec-a", status: "failed", exitCode: 1, error: nil, retryDelaySeconds: 0))
+        #expect(try Queue.heartbeat(db, executor: "exec-a", host: "h", leaseSeconds: 30).isEmpty)
+        let c = try Queue.claim(db, executor: "exec-b", limit: 10, leaseSeconds: 30)
+        #expect(c.count == 2)
+        #expect(c.first { $0.id == a[1].id }?.attempt == 2)
+        #expect(try Queue.heartbeat(db, executor: "exec-b", host: "h", leaseSeconds: 30) == Set(c.map(\.id)))
+        // exec-b dies: its leases expire and the reaper fails its targets with a system line.
+        try db.query("UPDATE execution_targets SET lease_expires_at = now() - interval '1 second' WHERE executor_id = 'exec-b'")
+        #expect(try Queue.reap(db) == 2)
+        let e = admin.get("/api/v1/executions/\(id)")
+        #expect(e.json["status"] == "failed")
+        #expect(e.json["exit_code"] == .null)
+        #expect(e.json["targets"]?.arrayValue?.first?["status"] == "succeeded")
+        #expect(e.json["targets"]?.arrayValue?.last?["error"]?.stringValue?.contains("exec-b") == true)
+        let log = admin.get("/api/v1/executions/\(id)/log").json["chunks"]?.arrayValue ?? []
+        #expect(log.map { $0["seq"]?.int64Value ?? 0 } == [1, 2, 3])
+        #expect(log.filter { $0["stream"] == "system" }.count == 2)
+        #expect(try Queue.reap(db) == 0)
+        try Queue.pinHostKey(db, serverID: s1, algorithm: "ssh-ed25519", fingerprint: "SHA256:first")
+        try Queue.pinHostKey(db, serverID: s1, algorithm: "ssh-ed25519", fingerprint: "SHA256:second")
+        #expect(admin.get("/api/v1/servers/\(s1)").json["host_key"]?["fingerprint_sha256"] == "SHA256:first")
+        #expect(try Queue.cancelRequested(db, executor: "exec-a").isEmpty)
+        // Exit code: the first non-zero code in server order.
+        let id2 = try Queue.enqueue(db, jobID: jobID, trigger: "api", userID: nil, username: nil, envOverrides: nil)!
+        try db.query("UPDATE executions SET max_parallel = 3 WHERE id = $1", [id2])
+        let d = try Queue.claim(db, executor: "exec-c", limit: 10, leaseSeconds: 30).sorted { ($0.serverID ?? 0) < ($1.serverID ?? 0) }
+        #expect(d.count == 3)
+        for (t, code) in zip(d, [0, 7, 3] as [Int32]) {
+            #expect(try Queue.finishTarget(db, targetID: t.id, executor: "exec-c", status: code == 0 ? "succeeded" : "failed", exitCode: code, error: nil, retryDelaySeconds: nil))
+        }
+        #expect(admin.get("/api/v1/executions/\(id2)").json["exit_code"] == 7)
     }
 
     // MARK: protocol-level bad input

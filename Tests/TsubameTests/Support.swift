@@ -19,7 +19,7 @@ enum TestDB {
     static func reset() throws -> PGConnection {
         let db = try PGConnection(url!)
         try Migrator.migrate(db)
-        try db.execute("TRUNCATE users, sessions, api_tokens, login_failures, servers, jobs, job_servers, audit_log RESTART IDENTITY CASCADE")
+        try db.execute("TRUNCATE users, sessions, api_tokens, login_failures, servers, jobs, job_servers, audit_log, executors, executions, execution_targets, log_chunks RESTART IDENTITY CASCADE")
         return db
     }
 

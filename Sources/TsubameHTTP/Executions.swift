@@ -1,0 +1,232 @@
+// SPDX-License-Identifier: MIT
+// Runs: enqueue, history, detail, cancel, re-run and the log.
+
+import Foundation
+import TsubameCore
+import TsubameFastCGI
+import TsubamePostgres
+
+enum Executions {
+    static let columns = """
+        e.id, e.job_id, e.job_name, e.status, e.trigger, e.triggered_by, e.triggered_by_name, e.parent_id, e.exit_code,
+        e.output_truncated, \(tsSQL("e.created_at", as: "created")), \(tsSQL("e.started_at", as: "started")),
+        \(tsSQL("e.finished_at", as: "finished")),
+        (extract(epoch FROM (coalesce(e.finished_at, now()) - e.started_at)) * 1000)::bigint AS duration_ms,
+        CASE WHEN e.status = 'queued' THEN
+            CASE WHEN NOT EXISTS (SELECT 1 FROM executors x WHERE x.last_seen > now() - interval '30 seconds')
+                     THEN 'no executor alive: start tsubame-executor'
+                 WHEN EXISTS (SELECT 1 FROM execution_targets q WHERE q.execution_id = e.id AND q.status = 'queued' AND q.run_at > now())
+                     THEN 'retry backoff: waiting before the next attempt'
+                 ELSE 'waiting for an executor to pick it up' END
+        END AS waiting_reason
+        """
+    static let targetColumns = """
+        t.execution_id, t.server_id, t.server_name, t.status, t.exit_code, t.error, t.attempt,
+        \(tsSQL("t.started_at", as: "started")), \(tsSQL("t.finished_at", as: "finished"))
+        """
+
+    static func json(_ r: PGRow, targets: [PGRow]) -> JSON {
+        var members: [(String, JSON)] = [
+            ("id", .int(r.int64("id"))), ("job_id", r.optInt64("job_id").map(JSON.int) ?? .null),
+            ("job_name", .string(r.string("job_name"))), ("status", .string(r.string("status"))), ("trigger", .string(r.string("trigger"))),
+            ("triggered_by", r.optInt64("triggered_by").map { .object([("id", .int($0)), ("username", .string(r.string("triggered_by_name")))]) } ?? .null),
+            ("parent_id", r.optInt64("parent_id").map(JSON.int) ?? .null),
+            ("created_at", ts(r, "created")), ("started_at", ts(r, "started")), ("finished_at", ts(r, "finished")),
+            ("duration_ms", r.optInt64("duration_ms").map(JSON.int) ?? .null),
+            ("exit_code", r.optInt64("exit_code").map(JSON.int) ?? .null),
+            ("output_truncated", .bool(r.bool("output_truncated"))),
+            ("targets", .array(targets.map { t in
+                var m: [(String, JSON)] = [
+                    ("server_id", t.optInt64("server_id").map(JSON.int) ?? .null), ("server_name", .string(t.string("server_name"))),
+                    ("status", .string(t.string("status"))), ("exit_code", t.optInt64("exit_code").map(JSON.int) ?? .null),
+                    ("started_at", ts(t, "started")), ("finished_at", ts(t, "finished")), ("error", .optString(t["error"])),
+                    ("attempt", .int(t.int("attempt"))),
+                ]
+                if t.string("status") == "queued", let reason = r["waiting_reason"] { m.append(("waiting_reason", .string(reason))) }
+                return .object(m)
+            })),
+        ]
+        if let reason = r["waiting_reason"] { members.append(("waiting_reason", .string(reason))) }
+        return .object(members)
+    }
+
+    /// Executions with their targets, in the order of `rows`.
+    static func render(_ db: PGConnection, _ rows: [PGRow]) throws -> [JSON] {
+        guard !rows.isEmpty else { return [] }
+        let targets = try db.query("""
+            SELECT \(targetColumns) FROM execution_targets t WHERE t.execution_id = ANY($1::bigint[]) ORDER BY t.execution_id, t.position, t.id
+            """, [Int64Array(rows.map { $0.int64("id") })])
+        let byExecution = Dictionary(grouping: targets) { $0.int64("execution_id") }
+        return rows.map { json($0, targets: byExecution[$0.int64("id")] ?? []) }
+    }
+
+    static func fetch(_ db: PGConnection, _ id: Int64) throws -> JSON {
+        guard let row = try db.query("SELECT \(columns) FROM executions e WHERE e.id = $1", [id]).first else {
+            throw APIError.notFound("execution")
+        }
+        return try render(db, [row])[0]
+    }
+
+    static let statuses = ["queued", "running", "succeeded", "failed", "cancelled", "timed_out"]
+
+    static func list(_ ctx: Context) throws -> HTTPResponse {
+        _ = try ctx.require(.viewer)
+        let q = try ctx.query()
+        let (limit, before) = try ctx.page(q)
+        func id(_ name: String) throws -> Int64? {
+            guard let v = q[name], !v.isEmpty else { return nil }
+            guard let n = Routes.parseID(v) else { throw APIError.badRequest("\(name) must be a positive integer id.") }
+            return n
+        }
+        func time(_ name: String) throws -> String? {
+            guard let v = q[name], !v.isEmpty else { return nil }
+            guard v.count <= 40, ISO8601DateFormatter.tolerant(v) != nil else {
+                throw APIError.badRequest("\(name) must be an RFC 3339 time such as 2026-11-29T23:14:53Z.")
+            }
+            return v
+        }
+        let status = q["status"].flatMap { $0.isEmpty ? nil : $0 }
+        if let s = status, !statuses.contains(s) { throw APIError.badRequest("status must be one of \(statuses.joined(separator: ", ")).") }
+        let db = try ctx.db
+        let rows = try db.query("""
+            SELECT \(columns) FROM executions e
+            WHERE ($1 = 0 OR e.id < $1) AND ($2::bigint IS NULL OR e.job_id = $2)
+              AND ($3::bigint IS NULL OR EXISTS (SELECT 1 FROM execution_targets t WHERE t.execution_id = e.id AND t.server_id = $3))
+              AND ($4::text IS NULL OR e.status = $4) AND ($5::timestamptz IS NULL OR e.created_at >= $5)
+              AND ($6::timestamptz IS NULL OR e.created_at < $6)
+            ORDER BY e.id DESC LIMIT $7
+            """, [before ?? 0, try id("job_id"), try id("server_id"), status, try time("since"), try time("until"), limit + 1])
+        let (page, next) = Cursor.page(rows, limit: limit) { $0.int64("id") }
+        return Reply.list(try render(db, page), next: next)
+    }
+
+    static func get(_ ctx: Context) throws -> HTTPResponse {
+        _ = try ctx.require(.viewer)
+        return Reply.json(200, try fetch(try ctx.db, ctx.id()))
+    }
+
+    /// POST /jobs/{id}/run
+    static func run(_ ctx: Context) throws -> HTTPResponse {
+        let p = try ctx.require(.operator_)
+        var b = try BodyReader(try ctx.optionalJSON())
+        let env = b.env("env")
+        try b.finish()
+        let db = try ctx.db
+        let trigger = p.sessionID == nil ? "api" : "manual"
+        guard let id = try Queue.enqueue(db, jobID: ctx.id(), trigger: trigger, userID: p.userID, username: p.username,
+                                         envOverrides: env.map(Jobs.envObject)) else { throw APIError.notFound("job") }
+        try ctx.audit("job.run", target: "job:\(ctx.id())", detail: .object([("execution_id", .int(id))]))
+        return Reply.json(202, try fetch(db, id), headers: [("Location", "/api/v1/executions/\(id)")])
+    }
+
+    static func cancel(_ ctx: Context) throws -> HTTPResponse {
+        _ = try ctx.require(.operator_)
+        let db = try ctx.db
+        switch try Queue.requestCancel(db, executionID: ctx.id()) {
+        case nil: throw APIError.notFound("execution")
+        case false?: throw APIError.conflict("The execution has already finished.")
+        case true?:
+            try ctx.audit("execution.cancel", target: "execution:\(ctx.id())")
+            return Reply.json(202, try fetch(db, ctx.id()))
+        }
+    }
+
+    static func rerun(_ ctx: Context) throws -> HTTPResponse {
+        let p = try ctx.require(.operator_)
+        var b = try BodyReader(try ctx.optionalJSON())
+        let onlyFailed = b.bool("only_failed", .optional) ?? false
+        try b.finish()
+        let db = try ctx.db
+        guard let e = try db.query("SELECT job_id, status FROM executions WHERE id = $1", [ctx.id()]).first else {
+            throw APIError.notFound("execution")
+        }
+        guard let jobID = e.optInt64("job_id") else { throw APIError.conflict("The job of this execution was deleted.") }
+        var servers: [Int64]? = nil
+        if onlyFailed {
+            if ["queued", "running"].contains(e.string("status")) { throw APIError.conflict("The execution is still running.") }
+            servers = try db.query("""
+                SELECT server_id FROM execution_targets WHERE execution_id = $1 AND status <> 'succeeded' AND server_id IS NOT NULL
+                """, [ctx.id()]).map { $0.int64("server_id") }
+            if servers!.isEmpty { throw APIError.conflict("No server failed in this execution: nothing to re-run.") }
+        }
+        guard let id = try Queue.enqueue(db, jobID: jobID, trigger: "retry", userID: p.userID, username: p.username, envOverrides: nil,
+                                         parentID: ctx.id(), onlyServers: servers) else { throw APIError.notFound("job") }
+        try ctx.audit("execution.rerun", target: "execution:\(ctx.id())", detail: .object([("execution_id", .int(id))]))
+        return Reply.json(202, try fetch(db, id), headers: [("Location", "/api/v1/executions/\(id)")])
+    }
+
+    static func log(_ ctx: Context) throws -> HTTPResponse {
+        _ = try ctx.require(.viewer)
+        let q = try ctx.query()
+        func int(_ name: String, _ range: ClosedRange<Int64>, _ def: Int64) throws -> Int64 {
+            guard let v = q[name], !v.isEmpty else { return def }
+            guard let n = Int64(v), range.contains(n) else {
+                throw APIError.badRequest("\(name) must be a whole number from \(range.lowerBound) to \(range.upperBound).")
+            }
+            return n
+        }
+        let after = try int("after", 0...Int64.max, 0)
+        let wait = try int("wait", 0...30, 0)
+        let limit = try int("limit", 1...5000, 1000)
+        let db = try ctx.db
+        let deadline = Date().addingTimeInterval(Double(wait))
+        while true {
+            guard let e = try db.query("SELECT status, last_seq FROM executions WHERE id = $1", [ctx.id()]).first else {
+                throw APIError.notFound("execution")
+            }
+            let status = e.string("status")
+            let finished = !["queued", "running"].contains(status)
+            let chunks = e.int64("last_seq") > after ? try db.query("""
+                SELECT seq, server_id, stream, data, \(tsSQL("at", as: "at_text")) FROM log_chunks
+                WHERE execution_id = $1 AND seq > $2 ORDER BY seq LIMIT $3
+                """, [ctx.id(), after, limit]) : []
+            // Until issue 4's parked long-poll lands, a waiting request re-checks every 50 ms.
+            if !chunks.isEmpty || finished || Date() >= deadline {
+                let next = chunks.last?.int64("seq") ?? after
+                let complete = finished && next >= e.int64("last_seq")
+                return Reply.json(200, .object([
+                    ("chunks", .array(chunks.map { c in
+                        .object([("seq", .int(c.int64("seq"))), ("server_id", c.optInt64("server_id").map(JSON.int) ?? .null),
+                                 ("stream", .string(c.string("stream"))), ("data", .string(c.string("data"))), ("at", ts(c, "at_text"))])
+                    })),
+                    ("next_seq", .int(next)), ("status", .string(status)), ("complete", .bool(complete)),
+                ]))
+            }
+            usleep(50_000)
+        }
+    }
+
+    static func logText(_ ctx: Context) throws -> HTTPResponse {
+        _ = try ctx.require(.viewer)
+        let db = try ctx.db
+        guard try !db.query("SELECT 1 FROM executions WHERE id = $1", [ctx.id()]).isEmpty else { throw APIError.notFound("execution") }
+        var body: [UInt8] = []
+        var after: Int64 = 0
+        while true {
+            let rows = try db.query("""
+                SELECT c.seq, c.stream, c.data, coalesce(t.server_name, '') AS server FROM log_chunks c
+                LEFT JOIN LATERAL (SELECT server_name FROM execution_targets WHERE execution_id = c.execution_id AND server_id = c.server_id LIMIT 1) t ON true
+                WHERE c.execution_id = $1 AND c.seq > $2 ORDER BY c.seq LIMIT 2000
+                """, [ctx.id(), after])
+            for r in rows {
+                let prefix = r.string("stream") == "system" ? "[\(r.string("server"))] # " : ""
+                body += Array((prefix + r.string("data")).utf8)
+            }
+            guard let last = rows.last else { break }
+            after = last.int64("seq")
+        }
+        return HTTPResponse(status: 200, headers: [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store"),
+                                                   ("Content-Disposition", "inline; filename=\"execution-\(ctx.id()).log\"")], body: body)
+    }
+}
+
+extension ISO8601DateFormatter {
+    /// Parses RFC 3339 with or without fractional seconds.
+    static func tolerant(_ s: String) -> Date? {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        if let d = f.date(from: s) { return d }
+        f.formatOptions = [.withInternetDateTime]
+        return f.date(from: s)
+    }
+}

@@ -1,0 +1,272 @@
+// SPDX-License-Identifier: MIT
+// The execution queue in SQL: enqueue, claim, heartbeat, append log, finish,
+// reap. Every write after the claim names the executor and the state it
+// expects, so a late write from an executor that lost its lease changes nothing.
+
+import Foundation
+public import TsubameCore
+
+/// A target handed to an executor by `claim`.
+public struct ClaimedTarget: Sendable, Equatable {
+    public let id: Int64
+    public let executionID: Int64
+    public let serverID: Int64?
+    public let serverName: String
+    public let attempt: Int
+    public let host: String
+    public let port: Int
+    public let username: String
+    public let authMethod: String
+    public let credentials: [UInt8]?
+    public let hostKeyFingerprint: String?
+    public let script: String
+    public let env: JSON
+    public let secretEnv: [UInt8]?
+    public let timeoutSeconds: Int
+    public let retries: Int
+}
+
+/// One piece of output to store.
+public struct LogPiece: Sendable, Equatable {
+    public let serverID: Int64?
+    public let stream: String
+    public let data: String
+    public init(serverID: Int64?, stream: String, data: String) { self.serverID = serverID; self.stream = stream; self.data = data }
+}
+
+public enum Queue {
+    public static let queueChannel = "tsubame_queue"
+    public static let cancelChannel = "tsubame_cancel"
+    public static let logChannel = "tsubame_log"
+
+    /// Creates an execution and one target per server of the job, then NOTIFYs executors. Returns the execution id.
+    public static func enqueue(_ db: PGConnection, jobID: Int64, trigger: String, userID: Int64?, username: String?,
+                               envOverrides: JSON?, parentID: Int64? = nil, onlyServers: [Int64]? = nil) throws -> Int64? {
+        try db.transaction { () throws -> Int64? in
+            guard let job = try db.query("""
+                SELECT name, script, env, secret_env, secret_key_id, timeout_seconds, max_parallel, retries FROM jobs WHERE id = $1 FOR SHARE
+                """, [jobID]).first else { return nil }
+            let id = try db.query("""
+                INSERT INTO executions (job_id, job_name, trigger, triggered_by, triggered_by_name, parent_id, script, env, secret_env,
+                                        secret_key_id, timeout_seconds, max_parallel, retries)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb || coalesce($9::jsonb, '{}'), $10, $11, $12, $13, $14) RETURNING id
+                """, [jobID, job.string("name"), trigger, userID, username, parentID, job.string("script"), job.string("env"),
+                      envOverrides, job["secret_env"].map { _ in Bytea(job.bytea("secret_env") ?? []) }, job["secret_key_id"],
+                      job.int("timeout_seconds"), job.int("max_parallel"), job.int("retries")])[0].int64("id")
+            try db.query("""
+                INSERT INTO execution_targets (execution_id, server_id, server_name, position)
+                SELECT $1, s.id, s.name, js.position FROM job_servers js JOIN servers s ON s.id = js.server_id
+                WHERE js.job_id = $2 AND ($3::bigint[] IS NULL OR s.id = ANY($3::bigint[])) ORDER BY js.position
+                """, [id, jobID, onlyServers.map(Int64Array.init)])
+            try db.query("SELECT pg_notify($1, $2)", [queueChannel, String(id)])
+            return id
+        }
+    }
+
+    /// Claims up to `limit` runnable targets for `executor`, honouring each execution's max_parallel.
+    public static func claim(_ db: PGConnection, executor: String, limit: Int, leaseSeconds: Int) throws -> [ClaimedTarget] {
+        guard limit > 0 else { return [] }
+        return try db.transaction {
+            // One claimer at a time: max_parallel is counted, then filled; claims take milliseconds.
+            try db.query("SELECT pg_advisory_xact_lock(7458220)")
+            let rows = try db.query("""
+                WITH runnable AS (
+                    SELECT t.id, t.execution_id,
+                           row_number() OVER (PARTITION BY t.execution_id ORDER BY t.position, t.id) AS n,
+                           e.max_parallel - (SELECT count(*) FROM execution_targets r
+                                             WHERE r.execution_id = t.execution_id AND r.status = 'running') AS free
+                    FROM execution_targets t JOIN executions e ON e.id = t.execution_id
+                    WHERE t.status = 'queued' AND t.run_at <= now() AND NOT e.cancel_requested
+                ), chosen AS (
+                    SELECT t.id FROM execution_targets t JOIN runnable r ON r.id = t.id
+                    WHERE r.n <= r.free ORDER BY t.run_at, t.id LIMIT $2 FOR UPDATE OF t SKIP LOCKED
+                )
+                UPDATE execution_targets t SET status = 'running', executor_id = $1, attempt = t.attempt + 1,
+                       lease_expires_at = now() + make_interval(secs => $3), started_at = now(), finished_at = NULL,
+                       exit_code = NULL, error = NULL
+                FROM chosen WHERE t.id = chosen.id
+                RETURNING t.id, t.execution_id, t.server_id, t.server_name, t.attempt
+                """, [executor, limit, leaseSeconds])
+            guard !rows.isEmpty else { return [] }
+            let ids = rows.map { $0.int64("id") }
+            try db.query("""
+                UPDATE executions SET status = 'running', started_at = coalesce(started_at, now())
+                WHERE id IN (SELECT execution_id FROM execution_targets WHERE id = ANY($1::bigint[])) AND status = 'queued'
+                """, [Int64Array(ids)])
+            let details = try db.query("""
+                SELECT t.id, t.execution_id, t.server_id, t.server_name, t.attempt, s.host, s.port, s.username, s.auth_method,
+                       s.credentials, s.host_key_fingerprint, e.script, e.env::text AS env, e.secret_env, e.timeout_seconds, e.retries
+                FROM execution_targets t JOIN executions e ON e.id = t.execution_id LEFT JOIN servers s ON s.id = t.server_id
+                WHERE t.id = ANY($1::bigint[]) ORDER BY t.id
+                """, [Int64Array(ids)])
+            return details.map { r in
+                ClaimedTarget(id: r.int64("id"), executionID: r.int64("execution_id"), serverID: r.optInt64("server_id"),
+                              serverName: r.string("server_name"), attempt: r.int("attempt"), host: r.string("host"),
+                              port: r.int("port"), username: r.string("username"), authMethod: r.string("auth_method"),
+                              credentials: r.bytea("credentials"), hostKeyFingerprint: r["host_key_fingerprint"], script: r.string("script"),
+                              env: r.json("env"), secretEnv: r.bytea("secret_env"), timeoutSeconds: r.int("timeout_seconds"),
+                              retries: r.int("retries"))
+            }
+        }
+    }
+
+    /// Extends the leases of this executor's running targets; returns the ids still held (others were lost).
+    public static func heartbeat(_ db: PGConnection, executor: String, host: String, leaseSeconds: Int) throws -> Set<Int64> {
+        try db.query("""
+            INSERT INTO executors (id, host, pid) VALUES ($1, $2, $3)
+            ON CONFLICT (id) DO UPDATE SET last_seen = now()
+            """, [executor, host, Int(getpid())])
+        let rows = try db.query("""
+            UPDATE execution_targets SET lease_expires_at = now() + make_interval(secs => $2)
+            WHERE executor_id = $1 AND status = 'running' RETURNING id
+            """, [executor, leaseSeconds])
+        return Set(rows.map { $0.int64("id") })
+    }
+
+    /// Targets of this executor whose execution was asked to cancel.
+    public static func cancelRequested(_ db: PGConnection, executor: String) throws -> [Int64] {
+        try db.query("""
+            SELECT t.id FROM execution_targets t JOIN executions e ON e.id = t.execution_id
+            WHERE t.executor_id = $1 AND t.status = 'running' AND e.cancel_requested
+            """, [executor]).map { $0.int64("id") }
+    }
+
+    /// Appends output of one execution, fenced by the target's lease; NOTIFY follows the rows (it is sent at commit).
+    /// Returns false when the target is no longer ours (the output is dropped).
+    @discardableResult
+    public static func appendLog(_ db: PGConnection, executionID: Int64, targetID: Int64?, executor: String?, pieces: [LogPiece],
+                                 outputBytes: Int = 0) throws -> Bool {
+        guard !pieces.isEmpty else { return true }
+        return try db.transaction { () throws -> Bool in
+            if let targetID, let executor {
+                let held = try db.query("SELECT 1 FROM execution_targets WHERE id = $1 AND executor_id = $2 AND status = 'running'",
+                                        [targetID, executor])
+                if held.isEmpty { return false }
+            }
+            let last = try db.query("""
+                UPDATE executions SET last_seq = last_seq + $2, output_bytes = output_bytes + $3 WHERE id = $1 RETURNING last_seq
+                """, [executionID, pieces.count, outputBytes])[0].int64("last_seq")
+            let first = last - Int64(pieces.count) + 1
+            try db.query("""
+                INSERT INTO log_chunks (execution_id, seq, server_id, stream, data)
+                SELECT $1, $2 + n - 1, s, st, d
+                FROM unnest($3::bigint[], $4::text[], $5::text[]) WITH ORDINALITY AS t(s, st, d, n)
+                """, [executionID, first, NullableInt64Array(pieces.map(\.serverID)), TextArray(pieces.map(\.stream)),
+                      TextArray(pieces.map(\.data))])
+            try db.query("SELECT pg_notify($1, $2)", [logChannel, "\(executionID):\(last)"])
+            return true
+        }
+    }
+
+    /// The final (or retried) state of a target this executor ran. Returns false when the lease was lost meanwhile.
+    public static func finishTarget(_ db: PGConnection, targetID: Int64, executor: String, status: String, exitCode: Int32?,
+                                    error: String?, retryDelaySeconds: Double?) throws -> Bool {
+        try db.transaction { () throws -> Bool in
+            let rows: [PGRow]
+            if let delay = retryDelaySeconds {
+                rows = try db.query("""
+                    UPDATE execution_targets SET status = 'queued', executor_id = NULL, lease_expires_at = NULL,
+                           run_at = now() + make_interval(secs => $3), exit_code = $4, error = $5
+                    WHERE id = $1 AND executor_id = $2 AND status = 'running' RETURNING execution_id
+                    """, [targetID, executor, delay, exitCode.map(Int.init), error])
+            } else {
+                rows = try db.query("""
+                    UPDATE execution_targets SET status = $3, exit_code = $4, error = $5, finished_at = now()
+                    WHERE id = $1 AND executor_id = $2 AND status = 'running' RETURNING execution_id
+                    """, [targetID, executor, status, exitCode.map(Int.init), error])
+            }
+            guard let execution = rows.first?.int64("execution_id") else { return false }
+            if retryDelaySeconds != nil { try db.query("SELECT pg_notify($1, $2)", [queueChannel, String(execution)]) }
+            try finalizeIfDone(db, executionID: execution)
+            return true
+        }
+    }
+
+    /// When no target is queued or running, sets the execution's final status and exit code.
+    public static func finalizeIfDone(_ db: PGConnection, executionID: Int64) throws {
+        try db.query("""
+            UPDATE executions e SET
+                status = CASE
+                    WHEN bool_or_cancel THEN 'cancelled'
+                    WHEN agg.timed_out THEN 'timed_out'
+                    WHEN agg.failed THEN 'failed'
+                    WHEN agg.n = 0 AND e.cancel_requested THEN 'cancelled'
+                    WHEN agg.n = 0 THEN 'failed'
+                    ELSE 'succeeded' END,
+                finished_at = now(), started_at = coalesce(e.started_at, now()),
+                exit_code = agg.exit_code
+            FROM (
+                SELECT count(*) AS n,
+                       bool_or(status = 'cancelled') AS bool_or_cancel,
+                       bool_or(status = 'timed_out') AS timed_out,
+                       bool_or(status = 'failed') AS failed,
+                       bool_or(status IN ('queued', 'running')) AS busy,
+                       CASE WHEN bool_and(coalesce(exit_code = 0, false)) THEN 0
+                            ELSE (array_agg(exit_code ORDER BY position, id) FILTER (WHERE exit_code IS NOT NULL AND exit_code <> 0))[1]
+                       END AS exit_code
+                FROM execution_targets WHERE execution_id = $1
+            ) agg
+            WHERE e.id = $1 AND e.status IN ('queued', 'running') AND NOT coalesce(agg.busy, false)
+            """, [executionID])
+    }
+
+    /// Marks targets whose lease expired as failed (their executor was lost), with a system log line. Returns how many.
+    public static func reap(_ db: PGConnection, limit: Int = 500) throws -> Int {
+        try db.transaction { () throws -> Int in
+            let rows = try db.query("""
+                WITH expired AS (
+                    SELECT id FROM execution_targets WHERE status = 'running' AND lease_expires_at < now()
+                    ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED
+                )
+                UPDATE execution_targets t SET status = 'failed', finished_at = now(),
+                       error = 'the executor running this target (' || t.executor_id || ') stopped heartbeating; the target was marked failed after its lease expired'
+                FROM expired WHERE t.id = expired.id
+                RETURNING t.id, t.execution_id, t.server_id, t.executor_id
+                """, [limit])
+            for r in rows {
+                try appendLog(db, executionID: r.int64("execution_id"), targetID: nil, executor: nil, pieces: [
+                    LogPiece(serverID: r.optInt64("server_id"), stream: "system",
+                             data: "executor \(r.string("executor_id")) was lost (no heartbeat before its lease expired); target marked failed\n"),
+                ])
+                try finalizeIfDone(db, executionID: r.int64("execution_id"))
+            }
+            return rows.count
+        }
+    }
+
+    /// Asks to cancel: queued targets end at once, running ones are stopped by their executor. False when already finished.
+    public static func requestCancel(_ db: PGConnection, executionID: Int64) throws -> Bool? {
+        try db.transaction { () throws -> Bool? in
+            guard let e = try db.query("SELECT status FROM executions WHERE id = $1 FOR UPDATE", [executionID]).first else { return nil }
+            guard ["queued", "running"].contains(e.string("status")) else { return false }
+            try db.query("UPDATE executions SET cancel_requested = true WHERE id = $1", [executionID])
+            let queued = try db.query("""
+                UPDATE execution_targets SET status = 'cancelled', finished_at = now(), error = 'cancelled before it started'
+                WHERE execution_id = $1 AND status = 'queued' RETURNING server_id
+                """, [executionID])
+            if !queued.isEmpty {
+                try appendLog(db, executionID: executionID, targetID: nil, executor: nil, pieces: queued.map {
+                    LogPiece(serverID: $0.optInt64("server_id"), stream: "system", data: "cancelled before it started\n")
+                })
+            }
+            try db.query("SELECT pg_notify($1, $2)", [cancelChannel, String(executionID)])
+            try finalizeIfDone(db, executionID: executionID)
+            return true
+        }
+    }
+
+    /// Pins a host key seen for the first time (only if none is pinned yet).
+    public static func pinHostKey(_ db: PGConnection, serverID: Int64, algorithm: String, fingerprint: String) throws {
+        try db.query("""
+            UPDATE servers SET host_key_algorithm = $2, host_key_fingerprint = $3, host_key_trusted_at = now()
+            WHERE id = $1 AND host_key_fingerprint IS NULL
+            """, [serverID, algorithm, fingerprint])
+    }
+}
+
+/// A bigint[] parameter whose items may be NULL.
+public struct NullableInt64Array: PGParameter, Sendable {
+    public let items: [Int64?]
+    public init(_ items: [Int64?]) { self.items = items }
+    public var pgText: String? { "{" + items.map { $0.map(String.init) ?? "NULL" }.joined(separator: ",") + "}" }
+}
