@@ -14,9 +14,14 @@ public enum JSON: Equatable, Sendable {
     case string(String)
     case array([JSON])
     case object([(String, JSON)])
+    /// Already-encoded JSON text (e.g. a json column from PostgreSQL), written out verbatim.
+    /// Only for output: the text must be valid JSON.
+    case raw(String)
 
     public static func == (a: JSON, b: JSON) -> Bool {
         switch (a, b) {
+        case let (.raw(x), .raw(y)): return x == y
+        case let (.raw(x), other), let (other, .raw(x)): return (try? JSON.parse(x)) == other
         case (.null, .null): return true
         case let (.bool(x), .bool(y)): return x == y
         case let (.number(x), .number(y)): return x == y || Double(x) == Double(y)
@@ -34,21 +39,27 @@ public enum JSON: Equatable, Sendable {
     }
     public static func optString(_ s: String?) -> JSON { s.map(JSON.string) ?? .null }
 
+    /// The value itself, with pre-encoded `.raw` text parsed (invalid text reads as null).
+    public var resolved: JSON {
+        if case let .raw(text) = self { return (try? JSON.parse(text)) ?? .null }
+        return self
+    }
+
     /// Member lookup on objects; nil otherwise.
     public subscript(key: String) -> JSON? {
-        if case let .object(members) = self { return members.first(where: { $0.0 == key })?.1 }
+        if case let .object(members) = resolved { return members.first(where: { $0.0 == key })?.1 }
         return nil
     }
 
-    public var stringValue: String? { if case let .string(s) = self { return s }; return nil }
-    public var boolValue: Bool? { if case let .bool(b) = self { return b }; return nil }
-    public var arrayValue: [JSON]? { if case let .array(a) = self { return a }; return nil }
-    public var objectValue: [(String, JSON)]? { if case let .object(o) = self { return o }; return nil }
-    public var isNull: Bool { if case .null = self { return true }; return false }
+    public var stringValue: String? { if case let .string(s) = resolved { return s }; return nil }
+    public var boolValue: Bool? { if case let .bool(b) = resolved { return b }; return nil }
+    public var arrayValue: [JSON]? { if case let .array(a) = resolved { return a }; return nil }
+    public var objectValue: [(String, JSON)]? { if case let .object(o) = resolved { return o }; return nil }
+    public var isNull: Bool { if case .null = resolved { return true }; return false }
 
     /// The value as an exact integer, if it is a number without fraction that fits Int64.
     public var int64Value: Int64? {
-        guard case let .number(text) = self else { return nil }
+        guard case let .number(text) = resolved else { return nil }
         if let v = Int64(text) { return v }
         // Accept 1.0 or 1e2 when they denote an exact integer in range.
         guard let d = Double(text), d == d.rounded(), abs(d) <= 9_007_199_254_740_992 else { return nil }
@@ -63,6 +74,7 @@ public enum JSON: Equatable, Sendable {
         case .string: return "string"
         case .array: return "array"
         case .object: return "object"
+        case let .raw(text): return (try? JSON.parse(text))?.typeName ?? "raw"
         }
     }
 }
@@ -265,6 +277,7 @@ extension JSON {
         case let .bool(b): out.append(contentsOf: Array((b ? "true" : "false").utf8))
         case let .number(n): out.append(contentsOf: Array(n.utf8))
         case let .string(s): JSON.writeString(s, to: &out)
+        case let .raw(text): out.append(contentsOf: text.utf8)
         case let .array(items):
             out.append(UInt8(ascii: "["))
             for (k, v) in items.enumerated() {
@@ -288,20 +301,25 @@ extension JSON {
 
     static func writeString(_ s: String, to out: inout [UInt8]) {
         out.append(0x22)
-        for b in s.utf8 {
-            switch b {
-            case 0x22: out.append(0x5C); out.append(0x22)
-            case 0x5C: out.append(0x5C); out.append(0x5C)
-            case 0x0A: out.append(0x5C); out.append(UInt8(ascii: "n"))
-            case 0x0D: out.append(0x5C); out.append(UInt8(ascii: "r"))
-            case 0x09: out.append(0x5C); out.append(UInt8(ascii: "t"))
-            case 0..<0x20, 0x3C, 0x3E, 0x26:
-                // Control characters, and < > & so JSON is safe to embed anywhere.
-                out.append(contentsOf: Array("\\u00".utf8))
-                out.append(hexDigits[Int(b >> 4)])
-                out.append(hexDigits[Int(b & 0xF)])
-            default: out.append(b)
+        var s = s
+        s.withUTF8 { bytes in
+            // Fast path: runs of bytes that need no escaping are copied at once.
+            var start = 0
+            for (i, b) in bytes.enumerated() where b < 0x20 || b == 0x22 || b == 0x5C || b == 0x3C || b == 0x3E || b == 0x26 {
+                if i > start { out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[start..<i])) }
+                start = i + 1
+                switch b {
+                case 0x22: out.append(0x5C); out.append(0x22)
+                case 0x5C: out.append(0x5C); out.append(0x5C)
+                case 0x0A: out.append(0x5C); out.append(UInt8(ascii: "n"))
+                case 0x0D: out.append(0x5C); out.append(UInt8(ascii: "r"))
+                case 0x09: out.append(0x5C); out.append(UInt8(ascii: "t"))
+                default:
+                    // Control characters, and < > & so JSON is safe to embed anywhere.
+                    out.append(contentsOf: [0x5C, 0x75, 0x30, 0x30, hexDigits[Int(b >> 4)], hexDigits[Int(b & 0xF)]])
+                }
             }
+            if start < bytes.count { out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[start...])) }
         }
         out.append(0x22)
     }
@@ -321,11 +339,20 @@ extension JSON: ExpressibleByStringLiteral, ExpressibleByBooleanLiteral, Express
 /// RFC 3339 UTC timestamps with milliseconds, as the API prints them.
 public enum Timestamp {
     public static func format(_ date: Date) -> String {
-        var t = time_t(floor(date.timeIntervalSince1970))
+        let t = date.timeIntervalSince1970
+        var secs = time_t(floor(t))
+        var ms = Int(((t - floor(t)) * 1000).rounded())
+        if ms >= 1000 { ms = 999 }
         var tmv = tm()
-        gmtime_r(&t, &tmv)
-        let ms = Int(((date.timeIntervalSince1970 - floor(date.timeIntervalSince1970)) * 1000).rounded())
-        return String(format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", Int(tmv.tm_year) + 1900, Int(tmv.tm_mon) + 1,
-                      Int(tmv.tm_mday), Int(tmv.tm_hour), Int(tmv.tm_min), Int(tmv.tm_sec), min(ms, 999))
+        gmtime_r(&secs, &tmv)
+        var b = [UInt8](repeating: 0, count: 24)
+        func put(_ v: Int, _ at: Int, _ width: Int) {
+            var v = v
+            for k in stride(from: at + width - 1, through: at, by: -1) { b[k] = UInt8(0x30 + v % 10); v /= 10 }
+        }
+        put(Int(tmv.tm_year) + 1900, 0, 4); b[4] = 0x2D; put(Int(tmv.tm_mon) + 1, 5, 2); b[7] = 0x2D; put(Int(tmv.tm_mday), 8, 2)
+        b[10] = 0x54; put(Int(tmv.tm_hour), 11, 2); b[13] = 0x3A; put(Int(tmv.tm_min), 14, 2); b[16] = 0x3A; put(Int(tmv.tm_sec), 17, 2)
+        b[19] = 0x2E; put(ms, 20, 3); b[23] = 0x5A
+        return String(decoding: b, as: UTF8.self)
     }
 }

@@ -69,7 +69,12 @@ public enum Crypto {
             .replacingOccurrences(of: "=", with: "")
     }
 
-    public static func hex(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02x", $0) }.joined() }
+    static let hexDigits = Array("0123456789abcdef".utf8)
+    public static func hex(_ bytes: [UInt8]) -> String {
+        var out = [UInt8](repeating: 0, count: bytes.count * 2)
+        for (i, b) in bytes.enumerated() { out[2 * i] = hexDigits[Int(b >> 4)]; out[2 * i + 1] = hexDigits[Int(b & 15)] }
+        return String(decoding: out, as: UTF8.self)
+    }
 
     public static func fromHex(_ s: String) -> [UInt8]? {
         let chars = Array(s.utf8)

@@ -152,6 +152,9 @@ public final class FastCGIServer: @unchecked Sendable {
     }
 
     private func write(_ response: HTTPResponse, to req: inout FCGX_Request) {
+        var response = response
+        // A length lets nginx pass the body on without chunked encoding.
+        if response.status != 204, response.status != 304 { response.headers.append(("Content-Length", String(response.body.count))) }
         let head = Array(response.head.utf8)
         head.withUnsafeBufferPointer { b in
             b.baseAddress!.withMemoryRebound(to: CChar.self, capacity: b.count) { _ = FCGX_PutStr($0, Int32(b.count), req.out) }

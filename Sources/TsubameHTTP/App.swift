@@ -77,8 +77,10 @@ public final class App: @unchecked Sendable {
             response = Reply.problem(.internal, requestID: requestID)
         }
         response.headers.append(("X-Request-Id", requestID))
-        Log.debug("request", [("request_id", .string(requestID)), ("method", .string(request.method)), ("path", .string(request.path)),
-                              ("status", .int(response.status)), ("ms", .double(Date().timeIntervalSince(started) * 1000))])
+        if Log.minimum <= .debug {
+            Log.debug("request", [("request_id", .string(requestID)), ("method", .string(request.method)), ("path", .string(request.path)),
+                                  ("status", .int(response.status)), ("ms", .double(Date().timeIntervalSince(started) * 1000))])
+        }
         return response
     }
 

@@ -23,9 +23,8 @@ enum Jobs {
 
     static func json(_ r: PGRow) -> JSON {
         var nextRuns: [JSON] = []
-        if r.bool("enabled"), let expr = r["schedule"], let cron = try? CronSchedule(parsing: expr),
-           let tz = TimeZone(identifier: r.string("timezone")) {
-            nextRuns = cron.nextRuns(after: Date(), count: 5, timeZone: tz).map { .string(Timestamp.format($0)) }
+        if r.bool("enabled"), let expr = r["schedule"] {
+            nextRuns = NextRunsCache.shared.next(expr, timezone: r.string("timezone")).map(JSON.string)
         }
         return .object([
             ("id", .int(r.int64("id"))), ("name", .string(r.string("name"))), ("description", .string(r.string("description"))),
@@ -265,6 +264,29 @@ enum Jobs {
             try ctx.audit("job.delete", target: "job:\(id)", detail: .object([("name", .string(cur.string("name")))]))
         }
         return Reply.noContent()
+    }
+}
+
+/// The next five fire times per (schedule, time zone), computed once and reused until the first of them passes.
+final class NextRunsCache: @unchecked Sendable {
+    static let shared = NextRunsCache()
+    private let lock = NSLock()
+    private var entries: [String: (until: Date, runs: [String])] = [:]
+
+    func next(_ expr: String, timezone: String) -> [String] {
+        let key = expr + "|" + timezone
+        let now = Date()
+        lock.lock()
+        if let e = entries[key], e.until > now { lock.unlock(); return e.runs }
+        lock.unlock()
+        guard let cron = try? CronSchedule(parsing: expr), let tz = TimeZone(identifier: timezone) else { return [] }
+        let dates = cron.nextRuns(after: now, count: 5, timeZone: tz)
+        let runs = dates.map(Timestamp.format)
+        lock.lock()
+        if entries.count > 10_000 { entries.removeAll() }
+        entries[key] = (dates.first ?? now.addingTimeInterval(60), runs)
+        lock.unlock()
+        return runs
     }
 }
 

@@ -34,7 +34,13 @@ extension Date: PGParameter { public var pgText: String? { Timestamp.format(self
 public struct Bytea: PGParameter, Sendable, Equatable {
     public let bytes: [UInt8]
     public init(_ bytes: [UInt8]) { self.bytes = bytes }
-    public var pgText: String? { "\\x" + bytes.map { String(format: "%02x", $0) }.joined() }
+    public var pgText: String? { "\\x" + Bytea.hex(bytes) }
+    static let digits = Array("0123456789abcdef".utf8)
+    static func hex(_ bytes: [UInt8]) -> String {
+        var out = [UInt8](repeating: 0, count: bytes.count * 2)
+        for (i, b) in bytes.enumerated() { out[2 * i] = digits[Int(b >> 4)]; out[2 * i + 1] = digits[Int(b & 15)] }
+        return String(decoding: out, as: UTF8.self)
+    }
 }
 /// A text[] parameter.
 public struct TextArray: PGParameter, Sendable {
@@ -68,7 +74,8 @@ public struct PGRow: Sendable {
     public func int(_ name: String) -> Int { Int(self[name] ?? "") ?? 0 }
     public func bool(_ name: String) -> Bool { self[name] == "t" }
     /// A column produced as JSON text (e.g. `to_json(tags)`).
-    public func json(_ name: String) -> JSON { self[name].flatMap { try? JSON.parse($0) } ?? .null }
+    /// A column produced as JSON text by PostgreSQL (e.g. `to_json(tags)`), passed through without re-parsing.
+    public func json(_ name: String) -> JSON { self[name].map(JSON.raw) ?? .null }
     public func bytea(_ name: String) -> [UInt8]? { self[name].flatMap(PGRow.decodeHex) }
 
     static func decodeHex(_ s: String) -> [UInt8]? {
