@@ -355,4 +355,50 @@ public enum Timestamp {
         b[19] = 0x2E; put(ms, 20, 3); b[23] = 0x5A
         return String(decoding: b, as: UTF8.self)
     }
+
+    /// Parses an RFC 3339 date-time (`2026-11-29T23:14:53.123Z`, `…+09:00`), checking every field's range.
+    public static func parse(_ text: String) -> Date? {
+        let b = Array(text.utf8)
+        guard b.count >= 20, b.count <= 40 else { return nil }
+        func num(_ at: Int, _ n: Int) -> Int? {
+            guard at + n <= b.count else { return nil }
+            var v = 0
+            for k in at..<(at + n) { guard b[k] >= 0x30, b[k] <= 0x39 else { return nil }; v = v * 10 + Int(b[k] - 0x30) }
+            return v
+        }
+        guard let y = num(0, 4), b[4] == 0x2D, let mo = num(5, 2), b[7] == 0x2D, let d = num(8, 2), b[10] == 0x54 || b[10] == 0x74,
+              let h = num(11, 2), b[13] == 0x3A, let mi = num(14, 2), b[16] == 0x3A, let se = num(17, 2) else { return nil }
+        var i = 19
+        var frac = 0.0
+        if i < b.count, b[i] == 0x2E {
+            i += 1
+            var scale = 0.1, digits = 0
+            while i < b.count, b[i] >= 0x30, b[i] <= 0x39 { frac += Double(b[i] - 0x30) * scale; scale /= 10; i += 1; digits += 1 }
+            guard digits > 0 else { return nil }
+        }
+        var offset = 0
+        guard i < b.count else { return nil }
+        if b[i] == 0x5A || b[i] == 0x7A {
+            i += 1
+        } else if b[i] == 0x2B || b[i] == 0x2D, let oh = num(i + 1, 2), i + 3 < b.count, b[i + 3] == 0x3A, let om = num(i + 4, 2) {
+            guard oh <= 23, om <= 59 else { return nil }
+            offset = (oh * 60 + om) * 60 * (b[i] == 0x2D ? -1 : 1)
+            i += 6
+        } else {
+            return nil
+        }
+        guard i == b.count, y >= 1, (1...12).contains(mo), h <= 23, mi <= 59, se <= 59 else { return nil }
+        let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+        let days = [31, leap ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+        guard d >= 1, d <= days[mo - 1] else { return nil }
+        // Days from 1970-01-01 (proleptic Gregorian), from Howard Hinnant's days_from_civil.
+        let yy = mo <= 2 ? y - 1 : y
+        let era = (yy >= 0 ? yy : yy - 399) / 400
+        let yoe = yy - era * 400
+        let doy = (153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5 + d - 1
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
+        let dayNumber = era * 146_097 + doe - 719_468
+        let seconds = Double(dayNumber * 86400 + h * 3600 + mi * 60 + se - offset) + frac
+        return Date(timeIntervalSince1970: seconds)
+    }
 }

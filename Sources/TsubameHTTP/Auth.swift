@@ -108,6 +108,7 @@ enum Auth {
 
     static func logout(_ ctx: Context) throws -> HTTPResponse {
         let p = try ctx.caller()
+        try BodyReader(try ctx.optionalJSON()).finish()
         if let sid = p.sessionID { try ctx.db.query("DELETE FROM sessions WHERE id = $1", [sid]) }
         try ctx.audit("auth.logout", target: p.username)
         var cookie = "\(cookieName)=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"

@@ -78,12 +78,13 @@ enum Executions {
             guard let n = Routes.parseID(v) else { throw APIError.badRequest("\(name) must be a positive integer id.") }
             return n
         }
-        func time(_ name: String) throws -> String? {
+        func time(_ name: String) throws -> Date? {
             guard let v = q[name], !v.isEmpty else { return nil }
-            guard v.count <= 40, ISO8601DateFormatter.tolerant(v) != nil else {
+            // Years 0001–9999 only, handed to PostgreSQL as UTC so no offset it rejects gets through.
+            guard let d = Timestamp.parse(v), d.timeIntervalSince1970 >= -62_135_596_800, d.timeIntervalSince1970 < 253_402_300_800 else {
                 throw APIError.badRequest("\(name) must be an RFC 3339 time such as 2026-11-29T23:14:53Z.")
             }
-            return v
+            return d
         }
         let status = q["status"].flatMap { $0.isEmpty ? nil : $0 }
         if let s = status, !statuses.contains(s) { throw APIError.badRequest("status must be one of \(statuses.joined(separator: ", ")).") }
@@ -121,6 +122,7 @@ enum Executions {
 
     static func cancel(_ ctx: Context) throws -> HTTPResponse {
         _ = try ctx.require(.operator_)
+        try BodyReader(try ctx.optionalJSON()).finish()
         let db = try ctx.db
         switch try Queue.requestCancel(db, executionID: ctx.id()) {
         case nil: throw APIError.notFound("execution")
@@ -217,16 +219,5 @@ enum Executions {
         }
         return HTTPResponse(status: 200, headers: [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store"),
                                                    ("Content-Disposition", "inline; filename=\"execution-\(ctx.id()).log\"")], body: body)
-    }
-}
-
-extension ISO8601DateFormatter {
-    /// Parses RFC 3339 with or without fractional seconds.
-    static func tolerant(_ s: String) -> Date? {
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        if let d = f.date(from: s) { return d }
-        f.formatOptions = [.withInternetDateTime]
-        return f.date(from: s)
     }
 }

@@ -193,7 +193,7 @@ public enum Queue {
                     WHEN agg.n = 0 AND e.cancel_requested THEN 'cancelled'
                     WHEN agg.n = 0 THEN 'failed'
                     ELSE 'succeeded' END,
-                finished_at = now(), started_at = coalesce(e.started_at, now()),
+                finished_at = now(),
                 exit_code = agg.exit_code
             FROM (
                 SELECT count(*) AS n,

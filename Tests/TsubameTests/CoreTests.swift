@@ -52,6 +52,18 @@ import Testing
         #expect(JSON.object([("a", 1)]) != JSON.object([("b", 1)]))
     }
 
+    @Test func rfc3339ParsingChecksEveryField() {
+        #expect(Timestamp.parse("2025-11-30T01:14:53.123Z")?.timeIntervalSince1970 == 1_764_465_293.123)
+        #expect(Timestamp.parse("2025-11-30T10:14:53+09:00")?.timeIntervalSince1970 == 1_764_465_293)
+        #expect(Timestamp.parse("2024-02-29T00:00:00-00:30")?.timeIntervalSince1970 == 1_709_166_600)
+        #expect(Timestamp.parse("0001-01-01T00:00:00Z")?.timeIntervalSince1970 == -62_135_596_800)
+        for bad in ["2026-02-30T00:00:00Z", "2025-02-29T00:00:00Z", "2026-11-29T23:14:53+99:00", "-2026-11-29T23:14:53Z",
+                    "0000-01-01T00:00:00Z", "2026-11-29T24:00:00Z", "2026-11-29T23:60:00Z", "2026-11-29T23:14:53+0900",
+                    "2026-11-29 23:14:53Z", "2026-11-29T23:14:53", "2026-11-29T23:14:53.Z", "2026-13-01T00:00:00Z", "yesterday"] {
+            #expect(Timestamp.parse(bad) == nil, "\(bad)")
+        }
+    }
+
     @Test func timestampsAreRFC3339UTC() {
         #expect(Timestamp.format(Date(timeIntervalSince1970: 1_764_465_293.123)) == "2025-11-30T01:14:53.123Z")
     }

@@ -19,12 +19,15 @@ TIME = {"type": "string", "format": "date-time"}
 TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
 TAG = {"type": "string", "minLength": 1, "maxLength": 50, "pattern": "^[A-Za-z0-9_.:-]+$"}
 TAGS = {"type": "array", "maxItems": 20, "items": TAG}
-ENV_NAME = "^[A-Za-z_][A-Za-z0-9_]*$"
+ENV_NAME = "^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 ENV = {
     "type": "object",
+    "maxProperties": 100,
     "propertyNames": {"pattern": ENV_NAME},
-    "additionalProperties": {"type": "string"},
+    "additionalProperties": {"type": "string", "maxLength": 32768},
 }
+EXECUTION_STATUS = {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled", "timed_out"]}
+TRIGGER = {"type": "string", "enum": ["manual", "schedule", "api", "dependency", "retry"]}
 
 schemas = {}
 
@@ -307,18 +310,19 @@ schemas["Job"] = {
         "notify": {"type": "array", "items": REF("Notify")},
         "run_after": {"type": "array", "items": ID},
         "last_execution": {
+            "description": "The newest execution of the job, or null when it never ran.",
             "oneOf": [
                 {
                     "type": "object",
                     "required": ["id", "status", "finished_at"],
                     "properties": {
                         "id": ID,
-                        "status": {"type": "string"},
+                        "status": EXECUTION_STATUS,
                         "finished_at": TIME_OR_NULL,
                     },
                 },
                 {"type": "null"},
-            ]
+            ],
         },
         "created_at": TIME,
         "updated_at": TIME,
@@ -382,6 +386,112 @@ schemas["JobPatch"] = {
 }
 
 
+WAITING_REASON = {
+    "type": "string",
+    "description": "Present only while queued: why it has not started (job concurrency, server busy, "
+                   "dependency pending, retry backoff, no executor alive).",
+    "examples": ["no executor alive: start tsubame-executor"],
+}
+schemas["ExecutionTarget"] = {
+    "type": "object",
+    "description": "The run of an execution on one server, in the job's server order.",
+    "required": ["server_id", "server_name", "status", "exit_code", "started_at", "finished_at", "error", "attempt"],
+    "properties": {
+        "server_id": {"type": ["integer", "null"], "format": "int64", "minimum": 1,
+                      "description": "The server it ran on; server_name is its name at enqueue time."},
+        "server_name": {"type": "string"},
+        "status": EXECUTION_STATUS,
+        "exit_code": {"type": ["integer", "null"]},
+        "started_at": TIME_OR_NULL,
+        "finished_at": TIME_OR_NULL,
+        "error": {"type": ["string", "null"],
+                  "description": "Why the target did not run to an exit code (cancelled, executor lost, SSH failure…)."},
+        "attempt": {"type": "integer", "minimum": 0, "description": "How many times it was started (retries count)."},
+        "waiting_reason": WAITING_REASON,
+    },
+}
+schemas["Execution"] = {
+    "type": "object",
+    "description": "One run of a job. Status: `queued` → `running` → one of `succeeded`, `failed`, "
+                   "`cancelled`, `timed_out`. `exit_code` is 0 when every target exited 0, else the first "
+                   "non-zero target code in server order, null when no target produced one.",
+    "required": [
+        "id", "job_id", "job_name", "status", "trigger", "triggered_by", "parent_id", "created_at", "started_at",
+        "finished_at", "duration_ms", "exit_code", "output_truncated", "targets",
+    ],
+    "properties": {
+        "id": ID,
+        "job_id": {"type": ["integer", "null"], "format": "int64", "minimum": 1,
+                   "description": "Null once the job was deleted (job_name keeps its name)."},
+        "job_name": {"type": "string"},
+        "status": EXECUTION_STATUS,
+        "trigger": dict(TRIGGER, description="`manual` when started from a signed-in session, `api` with a "
+                                             "Bearer token, `retry` for a re-run."),
+        "triggered_by": {
+            "oneOf": [
+                {"type": "object", "required": ["id", "username"],
+                 "properties": {"id": ID, "username": {"type": "string"}}},
+                {"type": "null"},
+            ],
+        },
+        "parent_id": {"type": ["integer", "null"], "format": "int64", "minimum": 1,
+                      "description": "For a re-run: the execution it repeats."},
+        "created_at": TIME,
+        "started_at": TIME_OR_NULL,
+        "finished_at": TIME_OR_NULL,
+        "duration_ms": {"type": ["integer", "null"], "minimum": 0,
+                        "description": "From start to finish (to now while running); null before it started."},
+        "exit_code": {"type": ["integer", "null"]},
+        "output_truncated": {"type": "boolean"},
+        "targets": {"type": "array", "items": REF("ExecutionTarget")},
+        "waiting_reason": WAITING_REASON,
+    },
+}
+schemas["RunRequest"] = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "Optional; an empty body runs the job as it is.",
+    "properties": {
+        "env": dict(ENV, description="Overrides the job's env for this execution only."),
+    },
+}
+schemas["RerunRequest"] = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "Optional; an empty body re-runs every server of the job.",
+    "properties": {
+        "only_failed": {"type": "boolean", "default": False,
+                        "description": "Only the servers that did not succeed (409 when there are none, "
+                                       "or while the execution is unfinished)."},
+    },
+}
+schemas["LogChunk"] = {
+    "type": "object",
+    "required": ["seq", "server_id", "stream", "data", "at"],
+    "properties": {
+        "seq": {"type": "integer", "format": "int64", "minimum": 1,
+                "description": "Strictly increasing per execution."},
+        "server_id": {"type": ["integer", "null"], "format": "int64",
+                      "description": "The target's server; null for lines about the whole execution."},
+        "stream": {"type": "string", "enum": ["stdout", "stderr", "system"]},
+        "data": {"type": "string", "description": "Text (invalid UTF-8 replaced); ANSI escapes are kept."},
+        "at": TIME,
+    },
+}
+schemas["ExecutionLog"] = {
+    "type": "object",
+    "required": ["chunks", "next_seq", "status", "complete"],
+    "properties": {
+        "chunks": {"type": "array", "items": REF("LogChunk"), "description": "Chunks with seq > after, in seq order."},
+        "next_seq": {"type": "integer", "format": "int64", "minimum": 0,
+                     "description": "Send as `after` next time: the last seq returned, or `after` when none was."},
+        "status": EXECUTION_STATUS,
+        "complete": {"type": "boolean",
+                     "description": "True when the execution has finished and every chunk up to next_seq was returned."},
+    },
+}
+
+
 def list_schema(item):
     return {
         "type": "object",
@@ -400,6 +510,7 @@ schemas["UserList"] = list_schema("User")
 schemas["TokenList"] = list_schema("Token")
 schemas["ServerList"] = list_schema("Server")
 schemas["JobList"] = list_schema("Job")
+schemas["ExecutionList"] = list_schema("Execution")
 
 # ---- responses -------------------------------------------------------------
 
@@ -418,7 +529,8 @@ responses = {
     "Forbidden": problem("Signed in, but the role may not do this; or a cookie-authenticated "
                          "write without a valid X-CSRF-Token."),
     "NotFound": problem("No such object (also for a path id that is not a positive 64-bit integer)."),
-    "Conflict": problem("Duplicate name, or delete while referenced."),
+    "Conflict": problem("Duplicate name, delete while referenced, or a state that does not allow the action "
+                        "(cancel of a finished execution, re-run of nothing)."),
     "PayloadTooLarge": problem("Body larger than 2 MiB."),
     "UnsupportedMediaType": problem("Body not sent as application/json."),
     "ValidationFailed": problem("Validation failed; `errors` names each field (unknown fields are rejected too)."),
@@ -428,7 +540,6 @@ responses = {
                          "schema": {"type": "integer", "minimum": 0}}},
     ),
     "ServiceUnavailable": problem("The database is unreachable."),
-    "NotImplemented": problem("Not implemented in this version."),
 }
 
 # ---- operations ------------------------------------------------------------
@@ -467,8 +578,7 @@ def errs(*codes):
     names = {
         "400": "BadRequest", "401": "Unauthorized", "403": "Forbidden", "404": "NotFound",
         "409": "Conflict", "413": "PayloadTooLarge", "415": "UnsupportedMediaType",
-        "422": "ValidationFailed", "429": "TooManyRequests", "501": "NotImplemented",
-        "503": "ServiceUnavailable",
+        "422": "ValidationFailed", "429": "TooManyRequests", "503": "ServiceUnavailable",
     }
     return {c: RESP(names[c]) for c in codes}
 
@@ -494,7 +604,9 @@ paths = {}
 def links(kind):
     """Links from a created object to the operations on it (used by stateful testing)."""
     ops = {"servers": ["getServer", "updateServer", "deleteServer"],
-           "jobs": ["getJob", "updateJob", "deleteJob"],
+           "jobs": ["getJob", "updateJob", "deleteJob", "runJob"],
+           "executions": ["getExecution", "cancelExecution", "rerunExecution", "getExecutionLog",
+                          "getExecutionLogText"],
            "users": ["getUser", "updateUser", "deleteUser"],
            "tokens": ["deleteToken"]}[kind]
     return {op_id: {"operationId": op_id, "parameters": {"id": "$response.body#/id"}} for op_id in ops}
@@ -608,11 +720,93 @@ paths["/api/v1/jobs/{id}"] = {
     "delete": op("deleteJob", "Delete a job (operator, admin)", "jobs",
                  dict(NO_CONTENT, **errs("401", "403", "404", "409", "503")), security=WRITE_SEC),
 }
+LOCATION = {"Location": {"description": "`/api/v1/executions/{id}` of the new execution.",
+                          "schema": {"type": "string"}}}
+
+
+def execution_created(desc):
+    return with_links(json_ok(desc, REF("Execution"), LOCATION), "executions")
+
+
 paths["/api/v1/jobs/{id}/run"] = {
     "parameters": [ID_PARAM],
-    "post": op("runJob", "Run a job now (operator, admin) — not implemented yet", "jobs",
-               errs("401", "403", "404", "501"), security=WRITE_SEC,
-               desc="Answers 501 in this version; later 202 with an Execution."),
+    "post": op("runJob", "Run a job now (operator, admin)", "jobs",
+               dict({"202": execution_created("Queued: the new execution (status `queued`).")},
+                    **errs(*WRITE_ERRS, "404")),
+               security=WRITE_SEC, request=body("RunRequest", required=False),
+               desc="Creates an execution with one target per server of the job, in the job's server "
+                    "order. `trigger` is `manual` for a session, `api` for a Bearer token. The body is "
+                    "optional; `env` overrides the job's env for this execution."),
+}
+
+EXECUTION_FILTERS = [
+    {"name": "job_id", "in": "query", "required": False, "description": "Only executions of this job.",
+     "schema": ID},
+    {"name": "server_id", "in": "query", "required": False,
+     "description": "Only executions with a target on this server.", "schema": ID},
+    {"name": "status", "in": "query", "required": False, "schema": EXECUTION_STATUS},
+    {"name": "since", "in": "query", "required": False,
+     "description": "Only executions created at or after this RFC 3339 time.", "schema": TIME},
+    {"name": "until", "in": "query", "required": False,
+     "description": "Only executions created before this RFC 3339 time.", "schema": TIME},
+]
+paths["/api/v1/executions"] = {
+    "get": op("listExecutions", "List executions, newest first", "executions",
+              dict({"200": json_ok("A page of executions, newest first.", REF("ExecutionList"))},
+                   **errs("400", "401", "503")),
+              params=EXECUTION_FILTERS + LIST_PARAMS,
+              desc="400 when job_id or server_id is not a positive integer, status is not a known one, "
+                   "or since/until is not an RFC 3339 time."),
+}
+paths["/api/v1/executions/{id}"] = {
+    "parameters": [ID_PARAM],
+    "get": op("getExecution", "Get an execution with its targets", "executions",
+              dict({"200": json_ok("The execution.", REF("Execution"))}, **errs("401", "404", "503"))),
+}
+paths["/api/v1/executions/{id}/cancel"] = {
+    "parameters": [ID_PARAM],
+    "post": op("cancelExecution", "Cancel an execution (operator, admin)", "executions",
+               dict({"202": json_ok("Cancel requested: queued targets are cancelled at once, running ones are "
+                                    "stopped by their executor. The execution as it is now.", REF("Execution"))},
+                    **errs("401", "403", "404", "409", "503")),
+               security=WRITE_SEC,
+               desc="Repeatable while the execution is unfinished; 409 once it has finished."),
+}
+paths["/api/v1/executions/{id}/rerun"] = {
+    "parameters": [ID_PARAM],
+    "post": op("rerunExecution", "Run an execution's job again (operator, admin)", "executions",
+               dict({"202": execution_created("Queued: the new execution (`trigger: retry`, `parent_id` = "
+                                              "this execution).")},
+                    **errs(*WRITE_ERRS, "404", "409")),
+               security=WRITE_SEC, request=body("RerunRequest", required=False),
+               desc="409 when the job was deleted, or with `only_failed` while the execution is unfinished "
+                    "or when no server failed."),
+}
+LOG_PARAMS = [
+    {"name": "after", "in": "query", "required": False,
+     "description": "Only chunks with a greater seq (the next_seq of the previous answer).",
+     "schema": {"type": "integer", "format": "int64", "minimum": 0, "default": 0}},
+    {"name": "wait", "in": "query", "required": False,
+     "description": "When nothing newer exists and the execution is unfinished, wait up to this many "
+                    "seconds for output or a status change.",
+     "schema": {"type": "integer", "minimum": 0, "maximum": 30, "default": 0}},
+    {"name": "limit", "in": "query", "required": False, "description": "At most this many chunks.",
+     "schema": {"type": "integer", "minimum": 1, "maximum": 5000, "default": 1000}},
+]
+paths["/api/v1/executions/{id}/log"] = {
+    "parameters": [ID_PARAM],
+    "get": op("getExecutionLog", "Read (or long-poll) the log of an execution", "executions",
+              dict({"200": json_ok("Chunks after `after`.", REF("ExecutionLog"))},
+                   **errs("400", "401", "404", "503")),
+              params=LOG_PARAMS,
+              desc="A client that resumes with `after` = the last next_seq never misses nor repeats output."),
+}
+paths["/api/v1/executions/{id}/log.txt"] = {
+    "parameters": [ID_PARAM],
+    "get": op("getExecutionLogText", "The whole log as plain text", "executions",
+              dict({"200": {"description": "The log; system lines are prefixed with `[server] # `.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                   **errs("401", "404", "503"))),
 }
 
 doc = {
@@ -631,7 +825,7 @@ doc = {
     "servers": [{"url": "/"}],
     "tags": [
         {"name": "operations"}, {"name": "auth"}, {"name": "tokens"}, {"name": "users"},
-        {"name": "servers"}, {"name": "jobs"},
+        {"name": "servers"}, {"name": "jobs"}, {"name": "executions"},
     ],
     "security": READ_SEC,
     "paths": paths,

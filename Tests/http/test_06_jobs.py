@@ -291,8 +291,25 @@ def test_list_search_and_pagination(jobs: Callable[..., dict], admin_token: Clie
     assert cursor is None and sorted(seen) == sorted(j["id"] for j in made)
 
 
-def test_run_is_not_implemented_yet(jobs: Callable[..., dict], operator: Client, admin_token: Client) -> None:
+def test_run_queues_an_execution(jobs: Callable[..., dict], operator: Client, admin_token: Client) -> None:
     j = jobs()
-    assert_problem(operator.post(f"/api/v1/jobs/{j['id']}/run"), 501)
-    assert_problem(admin_token.post(f"/api/v1/jobs/{j['id']}/run", json={}), 501)
+    r = operator.post(f"/api/v1/jobs/{j['id']}/run")
+    assert r.status_code == 202, r.text
+    e = r.json()
+    assert r.headers.get("Location") == f"/api/v1/executions/{e['id']}"
+    assert e["job_id"] == j["id"] and e["job_name"] == j["name"] and e["status"] == "queued"
+    assert e["trigger"] == "manual" and e["triggered_by"] == {"id": operator.user["id"],
+                                                               "username": operator.user["username"]}
+    assert [t["server_id"] for t in e["targets"]] == j["server_ids"]
+    r = admin_token.post(f"/api/v1/jobs/{j['id']}/run", json={})
+    assert r.status_code == 202, r.text
+    second = r.json()
+    assert second["trigger"] == "api" and second["id"] > e["id"]
+    last = admin_token.ok("GET", f"/api/v1/jobs/{j['id']}")["last_execution"]
+    assert last == {"id": second["id"], "status": "queued", "finished_at": None}
+    for x in (e, second):
+        admin_token.ok("POST", f"/api/v1/executions/{x['id']}/cancel", 202)
+    last = admin_token.ok("GET", f"/api/v1/jobs/{j['id']}")["last_execution"]
+    assert last["id"] == second["id"] and last["status"] == "cancelled"
+    parse_time(last["finished_at"])
     assert_problem(admin_token.post("/api/v1/jobs/9223372036854775807/run"), 404)
