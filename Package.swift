@@ -13,7 +13,7 @@ let package = Package(
         .executable(name: "tsubame", targets: ["TsubameCLI"]),
         .executable(name: "tsubame-pool", targets: ["TsubamePoolMain"]),
         .executable(name: "tsubame-worker", targets: ["TsubameWorkerMain"]),
-        //PENDING .executable(name: "tsubame-executor", targets: ["TsubameExecutorMain"]),
+        .executable(name: "tsubame-executor", targets: ["TsubameExecutorMain"]),
     ],
     targets: [
         // C libraries from Debian, found through pkg-config. Each is imported by exactly one wrapper module.
@@ -32,21 +32,21 @@ let package = Package(
         .target(name: "TsubameFastCGI", dependencies: ["CFastCGI"], swiftSettings: settings),
         .target(name: "TsubameSSH", dependencies: ["TsubameCore", "CLibSSH2", "CTsubameShims"], swiftSettings: settings),
         // The application: routes, auth, validation → SQL. Imports no C module.
-        .target(name: "TsubameHTTP", dependencies: ["TsubameCore", "TsubameCrypto", "TsubamePostgres", "TsubameFastCGI"],
+        .target(name: "TsubameHTTP", dependencies: ["TsubameCore", "TsubameCrypto", "TsubamePostgres", "TsubameFastCGI", "TsubameSSH"],
                 resources: [.embedInCode("Resources")], swiftSettings: settings),
         // The executor: claims targets from the queue, runs them over SSH, writes logs and results.
-        //PENDING .target(name: "TsubameExecutor", dependencies: ["TsubameCore", "TsubamePostgres", "TsubameCrypto", "TsubameSSH"], swiftSettings: settings),
+        .target(name: "TsubameExecutor", dependencies: ["TsubameCore", "TsubamePostgres", "TsubameCrypto", "TsubameSSH"], swiftSettings: settings),
         // The pool master: sockets, processes, signals, status.
         .target(name: "TsubamePool", dependencies: ["TsubameCore"], swiftSettings: settings),
 
         // Thin executables.
         .executableTarget(name: "TsubameCLI", dependencies: ["TsubameCore", "TsubamePostgres", "TsubameCrypto", "TsubameHTTP"], swiftSettings: settings),
         .executableTarget(name: "TsubamePoolMain", dependencies: ["TsubameCore", "TsubamePool"], swiftSettings: settings),
-        //PENDING .executableTarget(name: "TsubameExecutorMain", dependencies: ["TsubameCore", "TsubameExecutor"], swiftSettings: settings),
+        .executableTarget(name: "TsubameExecutorMain", dependencies: ["TsubameCore", "TsubameExecutor"], swiftSettings: settings),
         .executableTarget(name: "TsubameWorkerMain", dependencies: ["TsubameCore", "TsubameHTTP", "TsubameFastCGI"], swiftSettings: settings),
 
         .testTarget(name: "TsubameTests",
-                    dependencies: ["TsubameCore", "TsubamePostgres", "TsubameCrypto", "TsubameFastCGI", "TsubameHTTP", "TsubamePool", "TsubameSSH"],
+                    dependencies: ["TsubameCore", "TsubamePostgres", "TsubameCrypto", "TsubameFastCGI", "TsubameHTTP", "TsubamePool", "TsubameSSH", "TsubameExecutor"],
                     swiftSettings: settings),
     ]
 )

@@ -26,6 +26,7 @@ enum Routes {
         r("/api/v1/users/{id}", ["GET": Users.get, "PATCH": Users.update, "DELETE": Users.delete]),
         r("/api/v1/servers", ["GET": Servers.list, "POST": Servers.create]),
         r("/api/v1/servers/{id}", ["GET": Servers.get, "PATCH": Servers.update, "DELETE": Servers.delete]),
+        r("/api/v1/servers/{id}/test", ["POST": Servers.test]),
         r("/api/v1/jobs", ["GET": Jobs.list, "POST": Jobs.create]),
         r("/api/v1/jobs/{id}", ["GET": Jobs.get, "PATCH": Jobs.update, "DELETE": Jobs.delete]),
         r("/api/v1/jobs/{id}/run", ["POST": Executions.run]),

@@ -7,6 +7,7 @@ import TsubameCore
 import TsubameCrypto
 import TsubameFastCGI
 import TsubamePostgres
+import TsubameSSH
 
 enum Servers {
     static let columns = """
@@ -203,5 +204,43 @@ enum Servers {
             try ctx.audit("server.delete", target: "server:\(id)", detail: .object([("name", .string(cur.string("name")))]))
         }
         return Reply.noContent()
+    }
+}
+
+extension Servers {
+    /// POST /servers/{id}/test: connect, check the host key, authenticate, run `true`. Trusts the key on first use.
+    static func test(_ ctx: Context) throws -> HTTPResponse {
+        _ = try ctx.require(.operator_)
+        let db = try ctx.db
+        let id = ctx.id()
+        guard let row = try db.query("""
+            SELECT host, port, username, auth_method, credentials, host_key_fingerprint FROM servers WHERE id = $1
+            """, [id]).first else { throw APIError.notFound("server") }
+        let creds = try Credentials(sealed: row.bytea("credentials") ?? [], box: ctx.app.box)
+        let auth: SSHAuth
+        if row.string("auth_method") == "key", let key = creds.privateKey {
+            auth = .key(privateKey: key, passphrase: creds.passphrase)
+        } else if let pw = creds.password {
+            auth = .password(pw)
+        } else {
+            throw APIError.conflict("The server has no credentials for its auth method; set them first.")
+        }
+        let r = SSHProbe.test(host: row.string("host"), port: row.int("port"), username: row.string("username"), auth: auth,
+                              pinnedFingerprint: row["host_key_fingerprint"], connectTimeout: 10)
+        if r.ok, row["host_key_fingerprint"] == nil, let fp = r.fingerprint, let alg = r.algorithm {
+            try Queue.pinHostKey(db, serverID: id, algorithm: alg, fingerprint: fp)
+        }
+        let pinned = try db.query("SELECT host_key_algorithm, host_key_fingerprint, \(tsSQL("host_key_trusted_at", as: "trusted")) FROM servers WHERE id = $1", [id]).first
+        var hostKey: JSON = .null
+        if let fp = r.fingerprint {
+            var m: [(String, JSON)] = [("algorithm", .optString(r.algorithm)), ("fingerprint_sha256", .string(fp))]
+            m.append(("trusted_at", pinned?["host_key_fingerprint"] == fp ? ts(pinned!, "trusted") : .null))
+            hostKey = .object(m)
+        }
+        var out: [(String, JSON)] = [("ok", .bool(r.ok)), ("latency_ms", .double((r.latencyMs * 10).rounded() / 10)), ("host_key", hostKey)]
+        if let e = r.error { out.append(("error", .string(e))) }
+        if let f = r.failure { out.append(("failure", .string(f.rawValue))) }
+        try ctx.audit("server.test", target: "server:\(id)", detail: .object([("ok", .bool(r.ok))]))
+        return Reply.json(200, .object(out))
     }
 }

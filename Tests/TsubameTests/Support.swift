@@ -15,16 +15,30 @@ enum TestDB {
     static var enabled: Bool { url != nil }
     static let hasher = PasswordHasher(logN: 10)
 
+    /// The URL of a sibling database `<name>_<suffix>`, created when missing, so suites that run in parallel don't share tables.
+    static func sibling(_ suffix: String) throws -> String {
+        let base = url!
+        let q = base.firstIndex(of: "?") ?? base.endIndex
+        let slash = base[..<q].lastIndex(of: "/")!
+        let name = String(base[base.index(after: slash)..<q]) + "_" + suffix
+        let db = try PGConnection(base)
+        if try db.query("SELECT 1 FROM pg_database WHERE datname = $1", [name]).isEmpty {
+            do { try db.execute("CREATE DATABASE \(name)") } catch let e as PGError where e.sqlState == "42P04" || e.isUniqueViolation {}
+        }
+        return String(base[...slash]) + name + String(base[q...])
+    }
+
     /// A migrated, empty database.
-    static func reset() throws -> PGConnection {
-        let db = try PGConnection(url!)
+    static func reset(_ dbURL: String? = nil) throws -> PGConnection {
+        let db = try PGConnection(dbURL ?? url!)
         try Migrator.migrate(db)
         try db.execute("TRUNCATE users, sessions, api_tokens, login_failures, servers, jobs, job_servers, audit_log, executors, executions, execution_targets, log_chunks RESTART IDENTITY CASCADE")
         return db
     }
 
-    static func makeApp(url: String? = nil, maxFailures: Int = 3) throws -> App {
-        let own = TestDB.url! + (TestDB.url!.contains("?") ? "&" : "?") + "application_name=tsubame_apitest"
+    static func makeApp(url: String? = nil, maxFailures: Int = 3, base: String? = nil) throws -> App {
+        let b = base ?? TestDB.url!
+        let own = b + (b.contains("?") ? "&" : "?") + "application_name=tsubame_apitest"
         return App(settings: AppSettings(databaseURL: url ?? own, cookieSecure: true, sessionHours: 1, loginMaxFailures: maxFailures,
                                   loginWindowSeconds: 600, hasher: hasher),
             box: try SecretBox(key: Array(repeating: 7, count: 32)))

@@ -1,0 +1,389 @@
+// SPDX-License-Identifier: MIT
+// The executor: a control thread (LISTEN, claim, heartbeat, cancel, reap) and
+// a writer thread (batched log writes, results), around an SSH runner.
+
+public import Foundation
+public import TsubameCore
+public import TsubameCrypto
+import TsubamePostgres
+public import TsubameSSH
+
+/// What runs targets remotely. SSHRunner in production; tests may substitute.
+public protocol TargetRunner: AnyObject, Sendable {
+    func submit(_ target: SSHTarget)
+    func cancel(id: Int64)
+}
+
+extension SSHRunner: TargetRunner {}
+
+public struct ExecutorSettings: Sendable {
+    public var id: String
+    public var databaseURL: String
+    public var capacity = 500
+    public var leaseSeconds = 30
+    public var heartbeatSeconds = 5.0
+    public var pollSeconds = 2.0
+    public var connectTimeout = 10.0
+    public var outputCapBytes = 64 << 20
+    public var flushInterval = 0.05
+    public var flushBytes = 64 << 10
+    public var idleSessionSeconds = 0.0
+
+    public init(id: String, databaseURL: String) { self.id = id; self.databaseURL = databaseURL }
+
+    public init(config: Config) {
+        let host = ProcessInfo.processInfo.hostName
+        self.init(id: config.string("TSUBAME_EXECUTOR_ID") ?? "\(host)-\(getpid())-\(Crypto.hex(Crypto.randomBytes(3)))",
+                  databaseURL: config.databaseURL)
+        capacity = config.int("TSUBAME_EXECUTOR_CAPACITY")
+        leaseSeconds = config.int("TSUBAME_LEASE_SECONDS")
+        heartbeatSeconds = max(0.2, Double(leaseSeconds) / 6)
+        pollSeconds = Double(config.int("TSUBAME_POLL_INTERVAL_MS")) / 1000
+        connectTimeout = Double(config.int("TSUBAME_SSH_CONNECT_TIMEOUT_SECONDS"))
+        outputCapBytes = config.int("TSUBAME_OUTPUT_CAP_MB") << 20
+        idleSessionSeconds = Double(config.int("TSUBAME_SSH_IDLE_SECONDS"))
+    }
+}
+
+/// A target this executor is running.
+final class ActiveTarget: @unchecked Sendable {
+    let claim: ClaimedTarget
+    var stdout: OutputMasker
+    var stderr: OutputMasker
+    var lost = false
+    let retries: Int
+    init(claim: ClaimedTarget, secrets: [String], retries: Int) {
+        self.claim = claim
+        stdout = OutputMasker(secrets: secrets)
+        stderr = OutputMasker(secrets: secrets)
+        self.retries = retries
+    }
+}
+
+public final class Executor: @unchecked Sendable {
+    public let settings: ExecutorSettings
+    let box: SecretBox
+    let lock = NSLock()
+    var active: [Int64: ActiveTarget] = [:]
+    var runner: (any TargetRunner)?
+    let events = EventQueue()
+    var stopping = false
+    var threads: [Thread] = []
+    let done = DispatchGroup()
+    /// Bytes written per execution by this executor (for the output cap).
+    var written: [Int64: Int] = [:]
+    var truncated: Set<Int64> = []
+
+    public init(settings: ExecutorSettings, box: SecretBox) {
+        self.settings = settings
+        self.box = box
+    }
+
+    /// Starts the control and writer threads; `runner` gets the targets.
+    public func start(runner: any TargetRunner) {
+        self.runner = runner
+        for name in ["control", "writer"] {
+            done.enter()
+            let t = Thread { [self] in
+                if name == "control" { controlLoop() } else { writerLoop() }
+                done.leave()
+            }
+            t.name = "executor-\(name)"
+            t.start()
+            threads.append(t)
+        }
+    }
+
+    /// Stops claiming; running targets are cancelled (their remote processes killed) and recorded.
+    public func stop() {
+        lock.lock(); stopping = true; let ids = Array(active.keys); lock.unlock()
+        for id in ids { runner?.cancel(id: id) }
+        let deadline = Date().addingTimeInterval(10)
+        while activeCount > 0, Date() < deadline { usleep(20_000) }
+        events.close()
+        done.wait()
+    }
+
+    public var activeCount: Int { lock.lock(); defer { lock.unlock() }; return active.count }
+    var isStopping: Bool { lock.lock(); defer { lock.unlock() }; return stopping }
+
+    /// Receives the runner's events (on its thread); the writer thread does the database work.
+    public func handle(_ event: SSHEvent) { events.push(event) }
+
+    // MARK: control loop
+
+    func controlLoop() {
+        var db: PGConnection? = nil
+        var lastHeartbeat = Date.distantPast, lastReap = Date.distantPast
+        var wake = true
+        while !isStopping {
+            do {
+                if db == nil || !(db!.isOK) {
+                    let c = try db ?? PGConnection(settings.databaseURL)
+                    if db != nil { try c.reconnectAndListen() } else {
+                        try c.listen(Queue.queueChannel)
+                        try c.listen(Queue.cancelChannel)
+                    }
+                    db = c
+                    wake = true  // notifications may have been missed while disconnected
+                }
+                let conn = db!
+                if Date().timeIntervalSince(lastHeartbeat) >= settings.heartbeatSeconds {
+                    try heartbeat(conn)
+                    lastHeartbeat = Date()
+                }
+                if Date().timeIntervalSince(lastReap) >= Double(settings.leaseSeconds) / 2 {
+                    let n = try Queue.reap(conn)
+                    if n > 0 { Log.warn("reaped targets of a lost executor", [("count", .int(n))]) }
+                    lastReap = Date()
+                }
+                if wake { try claim(conn); wake = false }
+                // Jittered poll: a missed NOTIFY costs at most one interval.
+                let jitter = settings.pollSeconds * Double.random(in: 0.8...1.2)
+                let timeout = min(jitter, settings.heartbeatSeconds)
+                for (channel, payload) in try conn.notifications(timeout: timeout) {
+                    if channel == Queue.cancelChannel, let execution = Int64(payload) { cancelExecution(execution) } else { wake = true }
+                }
+                if !wake, Date().timeIntervalSince(lastHeartbeat) >= settings.pollSeconds { wake = true }
+            } catch {
+                Log.warn("executor database problem; retrying", [("error", .string("\(error)"))])
+                db = nil
+                usleep(500_000)
+            }
+        }
+    }
+
+    func heartbeat(_ db: PGConnection) throws {
+        let held = try Queue.heartbeat(db, executor: settings.id, host: ProcessInfo.processInfo.hostName, leaseSeconds: settings.leaseSeconds)
+        lock.lock()
+        let lost = active.filter { !held.contains($0.key) && !$0.value.lost }
+        for (_, t) in lost { t.lost = true }
+        lock.unlock()
+        for (id, _) in lost {
+            Log.warn("lease lost; stopping the target", [("target_id", .int(id))])
+            runner?.cancel(id: id)
+        }
+        for id in try Queue.cancelRequested(db, executor: settings.id) { runner?.cancel(id: id) }
+    }
+
+    func cancelExecution(_ execution: Int64) {
+        lock.lock()
+        let ids = active.filter { $0.value.claim.executionID == execution }.map(\.key)
+        lock.unlock()
+        for id in ids { runner?.cancel(id: id) }
+    }
+
+    func claim(_ db: PGConnection) throws {
+        while !isStopping {
+            let free = settings.capacity - activeCount
+            if free <= 0 { return }
+            let claimed = try Queue.claim(db, executor: settings.id, limit: min(free, 100), leaseSeconds: settings.leaseSeconds)
+            for c in claimed { launch(c, db: db) }
+            if claimed.count < min(free, 100) { return }
+        }
+    }
+
+    func launch(_ c: ClaimedTarget, db: PGConnection) {
+        var secrets: [(String, String)] = []
+        var failure: String? = nil
+        if let sealed = c.secretEnv {
+            if let plain = try? box.open(sealed), let obj = (try? JSON.parse(plain))?.objectValue {
+                secrets = obj.compactMap { k, v in v.stringValue.map { (k, $0) } }
+            } else {
+                failure = "the job's secret environment cannot be decrypted with this executor's master key (key rotated?)"
+            }
+        }
+        var auth: SSHAuth? = nil
+        if c.serverID == nil || c.credentials == nil {
+            failure = "the server was deleted after this run was queued"
+        } else if let sealed = c.credentials, let plain = try? box.open(sealed), let creds = try? JSON.parse(plain) {
+            if c.authMethod == "key", let key = creds["private_key"]?.stringValue {
+                auth = .key(privateKey: key, passphrase: creds["passphrase"]?.stringValue)
+            } else if let pw = creds["password"]?.stringValue {
+                auth = .password(pw)
+            } else {
+                failure = "the server has no \(c.authMethod == "key" ? "private key" : "password") set"
+            }
+        } else if failure == nil {
+            failure = "the server's credentials cannot be decrypted with this executor's master key (key rotated?)"
+        }
+        let t = ActiveTarget(claim: c, secrets: secrets.map(\.1), retries: c.retries)
+        lock.lock(); active[c.id] = t; lock.unlock()
+        if let failure {
+            events.push(.finished(id: c.id, outcome: .failed(.protocolError, failure), durationMs: 0))
+            return
+        }
+        var env = (c.env.objectValue ?? []).compactMap { k, v in v.stringValue.map { (k, $0) } }
+        env += secrets
+        runner?.submit(SSHTarget(id: c.id, host: c.host, port: c.port, username: c.username, auth: auth!,
+                                 pinnedFingerprint: c.hostKeyFingerprint, script: c.script, environment: env,
+                                 timeout: TimeInterval(c.timeoutSeconds), connectTimeout: settings.connectTimeout))
+    }
+
+    // MARK: writer loop
+
+    /// Output waiting to be written, per execution, in arrival order.
+    struct Pending { var pieces: [LogPiece] = []; var bytes = 0; var since = Date(); var targets: Set<Int64> = [] }
+
+    func writerLoop() {
+        var db: PGConnection? = nil
+        var pending: [Int64: Pending] = [:]
+        while true {
+            let oldest = pending.values.map(\.since).min()
+            let wait = oldest.map { max(0, settings.flushInterval - Date().timeIntervalSince($0)) } ?? 0.5
+            let batch = events.pop(timeout: wait)
+            if batch == nil && events.isClosed && pending.isEmpty { break }
+            do {
+                if db == nil || !(db!.isOK) { db = try PGConnection(settings.databaseURL) }
+                let conn = db!
+                for event in batch ?? [] { try apply(event, conn, &pending) }
+                for (execution, p) in pending where p.bytes >= settings.flushBytes || Date().timeIntervalSince(p.since) >= settings.flushInterval {
+                    try flush(execution, conn, &pending)
+                }
+            } catch {
+                Log.warn("executor could not write; retrying", [("error", .string("\(error)"))])
+                db = nil
+                if let batch { events.pushFront(batch) }
+                usleep(500_000)
+            }
+        }
+    }
+
+    func target(_ id: Int64) -> ActiveTarget? { lock.lock(); defer { lock.unlock() }; return active[id] }
+
+    func add(_ t: ActiveTarget, stream: String, text: String, _ pending: inout [Int64: Pending], countBytes: Bool = true) {
+        guard !text.isEmpty else { return }
+        let execution = t.claim.executionID
+        var p = pending[execution] ?? Pending()
+        if p.pieces.isEmpty { p.since = Date() }
+        if countBytes {
+            let n = text.utf8.count
+            let total = (written[execution] ?? 0) + n
+            if total > settings.outputCapBytes {
+                if !truncated.contains(execution) {
+                    truncated.insert(execution)
+                    p.pieces.append(LogPiece(serverID: t.claim.serverID, stream: "system",
+                                             data: "output limit of \(settings.outputCapBytes >> 20) MiB reached: further output of this execution is dropped (the job keeps running)\n"))
+                }
+                pending[execution] = p
+                return
+            }
+            written[execution] = total
+            p.bytes += n
+        }
+        // Merge consecutive output of one target and stream into one chunk.
+        if let last = p.pieces.last, last.stream == stream, last.serverID == t.claim.serverID, stream != "system", last.data.utf8.count < settings.flushBytes {
+            p.pieces[p.pieces.count - 1] = LogPiece(serverID: last.serverID, stream: stream, data: last.data + text)
+        } else {
+            p.pieces.append(LogPiece(serverID: t.claim.serverID, stream: stream, data: text))
+        }
+        p.targets.insert(t.claim.id)
+        pending[execution] = p
+    }
+
+    func system(_ t: ActiveTarget, _ text: String, _ pending: inout [Int64: Pending]) {
+        add(t, stream: "system", text: text.hasSuffix("\n") ? text : text + "\n", &pending, countBytes: false)
+    }
+
+    func flush(_ execution: Int64, _ db: PGConnection, _ pending: inout [Int64: Pending]) throws {
+        guard let p = pending[execution], !p.pieces.isEmpty else { pending[execution] = nil; return }
+        try Queue.appendLog(db, executionID: execution, targetID: nil, executor: nil, pieces: p.pieces, outputBytes: p.bytes)
+        pending[execution] = nil
+    }
+
+    func apply(_ event: SSHEvent, _ db: PGConnection, _ pending: inout [Int64: Pending]) throws {
+        switch event {
+        case let .hostKey(id, algorithm, fingerprint, firstUse):
+            guard let t = target(id) else { return }
+            if firstUse, let server = t.claim.serverID {
+                try Queue.pinHostKey(db, serverID: server, algorithm: algorithm, fingerprint: fingerprint)
+                system(t, "host key \(algorithm) \(fingerprint) trusted on first use", &pending)
+            }
+        case let .started(id, connectMs):
+            guard let t = target(id) else { return }
+            system(t, "connected to \(t.claim.host):\(t.claim.port) as \(t.claim.username) in \(Int(connectMs)) ms; running (attempt \(t.claim.attempt))", &pending)
+        case let .output(id, stream, bytes):
+            guard let t = target(id), !t.lost else { return }
+            if stream == .stdout { add(t, stream: "stdout", text: t.stdout.feed(bytes), &pending) } else {
+                add(t, stream: "stderr", text: t.stderr.feed(bytes), &pending)
+            }
+        case let .finished(id, outcome, durationMs):
+            guard let t = target(id) else { return }
+            add(t, stream: "stdout", text: t.stdout.flush(), &pending)
+            add(t, stream: "stderr", text: t.stderr.flush(), &pending)
+            let (status, code, error, line) = Executor.describe(outcome, durationMs: durationMs, target: t)
+            let retry = status == "failed" && t.claim.attempt <= t.retries && !t.lost && !isStopping
+            system(t, line + (retry ? "; retrying (attempt \(t.claim.attempt + 1) of \(t.retries + 1))" : ""), &pending)
+            try flush(t.claim.executionID, db, &pending)
+            if !t.lost {
+                let delay = retry ? min(pow(2, Double(t.claim.attempt)), 60) : nil
+                let ok = try Queue.finishTarget(db, targetID: id, executor: settings.id, status: status, exitCode: code, error: error,
+                                                retryDelaySeconds: delay)
+                if !ok { Log.warn("result dropped: the lease was lost", [("target_id", .int(id))]) }
+            }
+            lock.lock(); active[id] = nil; lock.unlock()
+        }
+    }
+
+    /// Status, exit code, error and the system line for an outcome.
+    static func describe(_ outcome: SSHOutcome, durationMs: Double, target t: ActiveTarget) -> (String, Int32?, String?, String) {
+        let secs = String(format: "%.2f s", durationMs / 1000)
+        switch outcome {
+        case let .exited(code):
+            return (code == 0 ? "succeeded" : "failed", code, nil, "exit code \(code) after \(secs)")
+        case let .signaled(sig):
+            return ("failed", nil, "the remote process was killed by signal \(sig)", "killed by signal \(sig) after \(secs)")
+        case .timedOut:
+            let m = "timed out after \(t.claim.timeoutSeconds) s; the remote process group was killed"
+            return ("timed_out", nil, m, m)
+        case .cancelled:
+            if t.lost { return ("failed", nil, "this executor lost its lease", "stopped: this executor lost its lease") }
+            return ("cancelled", nil, "cancelled", "cancelled after \(secs); the remote process group was killed")
+        case let .failed(_, message):
+            return ("failed", nil, message, message)
+        }
+    }
+}
+
+/// A closable queue of runner events with bounded memory: producers wait when it holds too many output bytes.
+final class EventQueue: @unchecked Sendable {
+    let cond = NSCondition()
+    var items: [SSHEvent] = []
+    var bytes = 0
+    var closed = false
+    let maxBytes = 16 << 20
+
+    func push(_ e: SSHEvent) {
+        cond.lock()
+        var size = 0
+        if case let .output(_, _, b) = e { size = b.count }
+        while bytes + size > maxBytes, !closed { cond.wait() }
+        items.append(e)
+        bytes += size
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    func pushFront(_ batch: [SSHEvent]) {
+        cond.lock()
+        items.insert(contentsOf: batch, at: 0)
+        for e in batch { if case let .output(_, _, b) = e { bytes += b.count } }
+        cond.unlock()
+    }
+
+    /// Everything queued, waiting up to `timeout` for something; nil when nothing arrived.
+    func pop(timeout: Double) -> [SSHEvent]? {
+        cond.lock()
+        defer { cond.unlock() }
+        if items.isEmpty, !closed { _ = cond.wait(until: Date().addingTimeInterval(timeout)) }
+        if items.isEmpty { return nil }
+        let out = items
+        items = []
+        bytes = 0
+        cond.broadcast()
+        return out
+    }
+
+    func close() { cond.lock(); closed = true; cond.broadcast(); cond.unlock() }
+    var isClosed: Bool { cond.lock(); defer { cond.unlock() }; return closed }
+}

@@ -1,0 +1,188 @@
+// SPDX-License-Identifier: MIT
+// The executor's orchestration against a real PostgreSQL, with a scripted
+// stand-in for SSH (the SSH engine has its own tests against real sshd).
+
+import Foundation
+import Testing
+@testable import TsubameCore
+@testable import TsubameCrypto
+@testable import TsubameExecutor
+@testable import TsubameHTTP
+@testable import TsubamePostgres
+@testable import TsubameSSH
+
+/// Plays a scripted run for each submitted target, from its own thread.
+final class FakeRunner: TargetRunner, @unchecked Sendable {
+    var onEvent: (@Sendable (SSHEvent) -> Void)?
+    let lock = NSLock()
+    var submitted: [SSHTarget] = []
+    var cancelled: Set<Int64> = []
+    /// What each target does: output pieces then an outcome; `hang` waits for cancel.
+    var script: @Sendable (SSHTarget) -> (output: [(SSHStream, String)], outcome: SSHOutcome, hang: Bool) = { _ in ([], .exited(0), false) }
+
+    func submit(_ target: SSHTarget) {
+        lock.lock(); submitted.append(target); lock.unlock()
+        let plan = script(target)
+        Thread.detachNewThread { [self] in
+            onEvent?(.hostKey(id: target.id, algorithm: "ssh-ed25519", fingerprint: "SHA256:fake", firstUse: target.pinnedFingerprint == nil))
+            onEvent?(.started(id: target.id, connectMs: 1))
+            for (stream, text) in plan.output { onEvent?(.output(id: target.id, stream: stream, bytes: Array(text.utf8))) }
+            if plan.hang {
+                for _ in 0..<500 where !isCancelled(target.id) { usleep(10_000) }
+                onEvent?(.finished(id: target.id, outcome: .cancelled, durationMs: 5))
+            } else {
+                onEvent?(.finished(id: target.id, outcome: plan.outcome, durationMs: 5))
+            }
+        }
+    }
+    func cancel(id: Int64) { lock.lock(); cancelled.insert(id); lock.unlock() }
+    func isCancelled(_ id: Int64) -> Bool { lock.lock(); defer { lock.unlock() }; return cancelled.contains(id) }
+}
+
+@Suite(.serialized, .enabled(if: TestDB.enabled, "set TSUBAME_TEST_DATABASE_URL to run the PostgreSQL-backed tests"))
+struct ExecutorTests {
+    let db: PGConnection
+    let app: App
+    let admin: Client
+    let url: String
+
+    init() throws {
+        url = try TestDB.sibling("exec")
+        db = try TestDB.reset(url)
+        try TestDB.addUser(db, "admin", role: "admin")
+        app = try TestDB.makeApp(base: url)
+        admin = Client(app)
+        admin.login("admin")
+    }
+
+    func start(_ runner: FakeRunner, lease: Int = 30) -> Executor {
+        var s = ExecutorSettings(id: "test-exec-\(UUID().uuidString.prefix(6))", databaseURL: url)
+        s.pollSeconds = 0.1
+        s.heartbeatSeconds = 0.2
+        s.leaseSeconds = lease
+        s.flushInterval = 0.01
+        let e = Executor(settings: s, box: app.box)
+        runner.onEvent = { e.handle($0) }
+        e.start(runner: runner)
+        return e
+    }
+
+    func waitFinished(_ id: Int64, timeout: Double = 10) -> JSON {
+        let deadline = Date().addingTimeInterval(timeout)
+        var last: JSON = .null
+        while Date() < deadline {
+            last = admin.get("/api/v1/executions/\(id)").json
+            if let s = last["status"]?.stringValue, !["queued", "running"].contains(s) { return last }
+            usleep(20_000)
+        }
+        return last
+    }
+
+    func job(_ body: String) -> Int64 {
+        let s = admin.post("/api/v1/servers", #"{"name":"srv-\#(UUID().uuidString.prefix(6))","host":"127.0.0.1","username":"u","auth_method":"password","password":"pw"}"#)
+        let sid = s.json["id"]?.int64Value ?? 0
+        let r = admin.post("/api/v1/jobs", body.replacingOccurrences(of: "SERVER", with: String(sid)))
+        #expect(r.status == 201, "\(r.text)")
+        return r.json["id"]?.int64Value ?? 0
+    }
+
+    @Test func runsTargetsMasksSecretsAndRecordsResults() throws {
+        let runner = FakeRunner()
+        runner.script = { _ in ([(.stdout, "token=hun"), (.stdout, "ter2 ok\n"), (.stderr, "warn é\n")], .exited(0), false) }
+        let e = start(runner)
+        defer { e.stop() }
+        let jobID = job(#"{"name":"masked","script":"echo","server_ids":[SERVER],"env":{"A":"1"},"secret_env":{"TOKEN":"hunter2"}}"#)
+        let run = admin.post("/api/v1/jobs/\(jobID)/run")
+        let id = run.json["id"]?.int64Value ?? 0
+        let done = waitFinished(id)
+        #expect(done["status"] == "succeeded")
+        #expect(done["exit_code"] == 0)
+        let submitted = runner.submitted.first
+        #expect(submitted?.environment.contains { $0 == ("TOKEN", "hunter2") } == true)
+        #expect(submitted?.environment.contains { $0 == ("A", "1") } == true)
+        if case let .password(pw)? = submitted?.auth { #expect(pw == "pw") } else { Issue.record("expected password auth") }
+        let text = admin.get("/api/v1/executions/\(id)/log.txt").text
+        let chunks0 = admin.get("/api/v1/executions/\(id)/log").json["chunks"]?.arrayValue ?? []
+        func stream(_ name: String) -> String { chunks0.filter { $0["stream"]?.stringValue == name }.compactMap { $0["data"]?.stringValue }.joined() }
+        #expect(stream("stdout") == "token=*** ok\n")
+        #expect(stream("stderr") == "warn é\n")
+        #expect(!text.contains("hunter2") && !text.contains("hun\n"))
+        #expect(text.contains("trusted on first use") && text.contains("exit code 0"))
+        #expect(admin.get("/api/v1/servers/\(submitted?.id ?? 0)").status >= 200)
+        let chunks = admin.get("/api/v1/executions/\(id)/log").json["chunks"]?.arrayValue ?? []
+        let seqs = chunks.compactMap { $0["seq"]?.int64Value }
+        #expect(seqs == Array(1...Int64(seqs.count)))
+        #expect(Set(chunks.compactMap { $0["stream"]?.stringValue }) == ["stdout", "stderr", "system"])
+    }
+
+    @Test func failuresRetryThenFail() throws {
+        let runner = FakeRunner()
+        runner.script = { _ in ([(.stderr, "boom\n")], .exited(3), false) }
+        let e = start(runner)
+        defer { e.stop() }
+        let jobID = job(#"{"name":"flaky","script":"false","server_ids":[SERVER],"retries":1}"#)
+        let id = admin.post("/api/v1/jobs/\(jobID)/run").json["id"]?.int64Value ?? 0
+        let done = waitFinished(id, timeout: 15)
+        #expect(done["status"] == "failed")
+        #expect(done["exit_code"] == 3)
+        #expect(done["targets"]?.arrayValue?.first?["attempt"] == 2)
+        #expect(runner.submitted.count == 2)
+        #expect(admin.get("/api/v1/executions/\(id)/log.txt").text.contains("retrying (attempt 2 of 2)"))
+    }
+
+    @Test func cancelStopsARunningTarget() throws {
+        let runner = FakeRunner()
+        runner.script = { _ in ([(.stdout, "started\n")], .exited(0), true) }
+        let e = start(runner)
+        defer { e.stop() }
+        let jobID = job(#"{"name":"long","script":"sleep 100","server_ids":[SERVER]}"#)
+        let id = admin.post("/api/v1/jobs/\(jobID)/run").json["id"]?.int64Value ?? 0
+        for _ in 0..<200 where runner.submitted.isEmpty { usleep(10_000) }
+        usleep(100_000)
+        let t0 = Date()
+        #expect(admin.post("/api/v1/executions/\(id)/cancel").status == 202)
+        let done = waitFinished(id)
+        #expect(done["status"] == "cancelled")
+        #expect(Date().timeIntervalSince(t0) < 2)
+        #expect(admin.get("/api/v1/executions/\(id)/log.txt").text.contains("cancelled after"))
+    }
+
+    @Test func outcomesAreDescribed() {
+        let claim = ClaimedTarget(id: 1, executionID: 1, serverID: 1, serverName: "s", attempt: 1, host: "h", port: 22, username: "u",
+                                  authMethod: "password", credentials: nil, hostKeyFingerprint: nil, script: "", env: .object([]),
+                                  secretEnv: nil, timeoutSeconds: 5, retries: 0)
+        let t = ActiveTarget(claim: claim, secrets: [], retries: 0)
+        #expect(Executor.describe(.exited(0), durationMs: 10, target: t).0 == "succeeded")
+        #expect(Executor.describe(.exited(2), durationMs: 10, target: t).1 == 2)
+        #expect(Executor.describe(.signaled("KILL"), durationMs: 10, target: t).0 == "failed")
+        #expect(Executor.describe(.timedOut, durationMs: 10, target: t).0 == "timed_out")
+        #expect(Executor.describe(.cancelled, durationMs: 10, target: t).0 == "cancelled")
+        #expect(Executor.describe(.failed(.authFailed, "nope"), durationMs: 10, target: t).2 == "nope")
+        t.lost = true
+        #expect(Executor.describe(.cancelled, durationMs: 10, target: t).0 == "failed")
+    }
+}
+
+@Suite struct OutputMaskerTests {
+    @Test func masksAcrossChunkBoundaries() {
+        var m = OutputMasker(secrets: ["s3cr3t", "", "ab"])
+        var out = m.feed(Array("x s3c".utf8))
+        out += m.feed(Array("r3t y ab".utf8))
+        out += m.flush()
+        #expect(out == "x *** y ***")
+    }
+
+    @Test func neverSplitsUTF8AndReplacesNUL() {
+        var m = OutputMasker(secrets: [])
+        let bytes = Array("é€😀".utf8)
+        var out = ""
+        for b in bytes { out += m.feed([b]) }
+        out += m.flush()
+        #expect(out == "é€😀")
+        var n = OutputMasker(secrets: [])
+        #expect(n.feed([0x61, 0x00, 0x62]) == "a\u{FFFD}b")
+        var bad = OutputMasker(secrets: [])
+        #expect(bad.feed([0xFF, 0x41]) == "\u{FFFD}A")
+        #expect(bad.pendingCount == 0)
+    }
+}
