@@ -33,7 +33,7 @@ struct APITests {
 
     func makeServer(_ name: String, tags: [String] = []) -> Int64 {
         let tagsJSON = JSON.array(tags.map(JSON.string)).text
-        let r = admin.post("/api/v1/servers", #"{"name":"\#(name)","host":"10.1.2.3","username":"deploy","auth_method":"password","password":"pw","tags":\#(tagsJSON)}"#)
+        let r = admin.post("/api/v1/servers", #"{"name":"\#(name)","host":"127.0.0.2","username":"deploy","auth_method":"password","password":"pw","tags":\#(tagsJSON)}"#)
         #expect(r.status == 201, "\(r.text)")
         return r.json["id"]?.int64Value ?? 0
     }
@@ -381,7 +381,7 @@ struct APITests {
         let a = try Queue.claim(db, executor: "exec-a", limit: 10, leaseSeconds: 30)
         let b = try Queue.claim(db, executor: "exec-b", limit: 10, leaseSeconds: 30)
         #expect(a.count == 2 && b.isEmpty)
-        #expect(a.allSatisfy { $0.executionID == id && $0.host == "10.1.2.3" && $0.retries == 1 })
+        #expect(a.allSatisfy { $0.executionID == id && $0.host == "127.0.0.2" && $0.retries == 1 })
         #expect(admin.get("/api/v1/executions/\(id)").json["status"] == "running")
         // A write fenced by another executor's id changes nothing.
         #expect(try !Queue.finishTarget(db, targetID: a[0].id, executor: "exec-b", status: "succeeded", exitCode: 0, error: nil, retryDelaySeconds: nil))

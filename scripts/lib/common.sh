@@ -438,6 +438,37 @@ tsubame_pool_start() {
     fi
 }
 
+# tsubame_executor_start BIN LOG: start tsubame-executor in the background
+# (as the run user when root; setpriv execs, so the pid is the executor's own)
+# and write its pid to TSUBAME_EXECUTOR_PIDFILE. Idempotent.
+tsubame_executor_start() {
+    local bin=$1 log=$2 pidfile=${TSUBAME_EXECUTOR_PIDFILE:?} pid
+    if tsubame_pid_alive "${pidfile}" tsubame-executor; then
+        tsubame_log "executor: already running (pid $(head -n 1 "${pidfile}"))"
+        return 0
+    fi
+    rm -f "${pidfile}"
+    local -a cmd=("${bin}")
+    if tsubame_is_root; then
+        tsubame_ensure_user
+        cmd=(setpriv "--reuid=${TSUBAME_RUN_USER}" "--regid=${TSUBAME_RUN_USER}" --init-groups -- "${bin}")
+    fi
+    tsubame_log "executor: starting ${bin}"
+    if [[ ${TSUBAME_DETACH:-0} == 1 ]]; then
+        setsid nohup "${cmd[@]}" >>"${log}" 2>&1 </dev/null &
+    else
+        "${cmd[@]}" >>"${log}" 2>&1 </dev/null &
+    fi
+    pid=$!
+    echo "${pid}" >"${pidfile}"
+    sleep 0.5
+    if ! kill -0 "${pid}" 2>/dev/null; then
+        tail -n 20 "${log}" >&2 || true
+        tsubame_error "executor exited during start-up (log: ${log})"
+        return 1
+    fi
+}
+
 # tsubame_print_help FILE: print the leading comment block of FILE (the
 # script's usage text) without the shebang and the `# ` prefixes.
 tsubame_print_help() {
