@@ -10,8 +10,12 @@ enum Health {
     static func get(_ ctx: Context) throws -> HTTPResponse {
         do {
             let db = try ctx.db
-            _ = try db.query("SELECT 1 AS ok")
-            return Reply.json(200, .object([("status", "ok"), ("database", "ok"), ("executors", .array([]))]))
+            // Executors seen in the last two minutes (each heartbeats every lease/6 seconds).
+            let executors = try db.query(
+                "SELECT id, host, \(tsSQL("last_seen", as: "seen")) FROM executors WHERE last_seen > now() - interval '2 minutes' ORDER BY id")
+            return Reply.json(200, .object([("status", "ok"), ("database", "ok"), ("executors", .array(executors.map { r in
+                .object([("id", .string(r.string("id"))), ("host", .string(r.string("host"))), ("last_seen", ts(r, "seen"))])
+            }))]))
         } catch {
             return Reply.json(503, .object([("status", "degraded"), ("database", "unreachable"), ("executors", .array([]))]))
         }

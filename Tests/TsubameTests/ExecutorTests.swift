@@ -97,6 +97,8 @@ struct ExecutorTests {
         let done = waitFinished(id)
         #expect(done["status"] == "succeeded")
         #expect(done["exit_code"] == 0)
+        let health = Client(app).get("/api/health").json
+        #expect(health["executors"]?.arrayValue?.contains { $0["id"]?.stringValue == e.settings.id } == true)
         let submitted = runner.submitted.first
         #expect(submitted?.environment.contains { $0 == ("TOKEN", "hunter2") } == true)
         #expect(submitted?.environment.contains { $0 == ("A", "1") } == true)
