@@ -233,17 +233,26 @@ public final class Executor: @unchecked Sendable {
             let wait = oldest.map { max(0, settings.flushInterval - Date().timeIntervalSince($0)) } ?? 0.5
             let batch = events.pop(timeout: wait)
             if batch == nil && events.isClosed && pending.isEmpty { break }
+            var applied = 0
             do {
                 if db == nil || !(db!.isOK) { db = try PGConnection(settings.databaseURL) }
                 let conn = db!
-                for event in batch ?? [] { try apply(event, conn, &pending) }
+                for event in batch ?? [] {
+                    try apply(event, conn, &pending)
+                    applied += 1
+                }
                 for (execution, p) in pending where p.bytes >= settings.flushBytes || Date().timeIntervalSince(p.since) >= settings.flushInterval {
                     try flush(execution, conn, &pending)
                 }
             } catch {
                 Log.warn("executor could not write; retrying", [("error", .string("\(error)"))])
                 db = nil
-                if let batch { events.pushFront(batch) }
+                if let batch, applied < batch.count {
+                    // Output already taken in stays pending (not fed twice); anything else is retried.
+                    var rest = Array(batch[(applied + 1)...])
+                    if case .output = batch[applied] {} else { rest.insert(batch[applied], at: 0) }
+                    events.pushFront(rest)
+                }
                 usleep(500_000)
             }
         }
@@ -321,7 +330,11 @@ public final class Executor: @unchecked Sendable {
                                                 retryDelaySeconds: delay)
                 if !ok { Log.warn("result dropped: the lease was lost", [("target_id", .int(id))]) }
             }
-            lock.lock(); active[id] = nil; lock.unlock()
+            lock.lock()
+            active[id] = nil
+            let more = active.values.contains { $0.claim.executionID == t.claim.executionID }
+            lock.unlock()
+            if !more { written[t.claim.executionID] = nil; truncated.remove(t.claim.executionID) }
         }
     }
 
