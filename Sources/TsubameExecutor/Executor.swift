@@ -154,9 +154,13 @@ public final class Executor: @unchecked Sendable {
     }
 
     func heartbeat(_ db: PGConnection) throws {
-        let held = try Queue.heartbeat(db, executor: settings.id, host: ProcessInfo.processInfo.hostName, leaseSeconds: settings.leaseSeconds)
         lock.lock()
-        let lost = active.filter { !held.contains($0.key) && !$0.value.lost }
+        let holding = Array(active.keys)
+        lock.unlock()
+        let held = try Queue.heartbeat(db, executor: settings.id, host: ProcessInfo.processInfo.hostName, leaseSeconds: settings.leaseSeconds,
+                                       holding: holding)
+        lock.lock()
+        let lost = active.filter { holding.contains($0.key) && !held.contains($0.key) && !$0.value.lost }
         for (_, t) in lost { t.lost = true }
         lock.unlock()
         for (id, _) in lost {

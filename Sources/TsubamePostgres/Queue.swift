@@ -110,16 +110,18 @@ public enum Queue {
         }
     }
 
-    /// Extends the leases of this executor's running targets; returns the ids still held (others were lost).
-    public static func heartbeat(_ db: PGConnection, executor: String, host: String, leaseSeconds: Int) throws -> Set<Int64> {
+    /// Extends the leases of the targets this executor process is running (`holding`); returns those still held
+    /// (others were lost). Targets under the same executor id that this process does not run (a restart with a
+    /// fixed TSUBAME_EXECUTOR_ID) are not renewed, so the reaper fails them after their lease.
+    public static func heartbeat(_ db: PGConnection, executor: String, host: String, leaseSeconds: Int, holding: [Int64]) throws -> Set<Int64> {
         try db.query("""
             INSERT INTO executors (id, host, pid) VALUES ($1, $2, $3)
             ON CONFLICT (id) DO UPDATE SET last_seen = now()
             """, [executor, host, Int(getpid())])
         let rows = try db.query("""
             UPDATE execution_targets SET lease_expires_at = now() + make_interval(secs => $2)
-            WHERE executor_id = $1 AND status = 'running' RETURNING id
-            """, [executor, leaseSeconds])
+            WHERE executor_id = $1 AND status = 'running' AND id = ANY($3::bigint[]) RETURNING id
+            """, [executor, leaseSeconds, Int64Array(holding)])
         return Set(rows.map { $0.int64("id") })
     }
 

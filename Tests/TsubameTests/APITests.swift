@@ -390,11 +390,13 @@ struct APITests {
         #expect(try Queue.finishTarget(db, targetID: a[0].id, executor: "exec-a", status: "succeeded", exitCode: 0, error: nil, retryDelaySeconds: nil))
         // A failure with retries left goes back to the queue after a backoff.
         #expect(try Queue.finishTarget(db, targetID: a[1].id, executor: "exec-a", status: "failed", exitCode: 1, error: nil, retryDelaySeconds: 0))
-        #expect(try Queue.heartbeat(db, executor: "exec-a", host: "h", leaseSeconds: 30).isEmpty)
+        #expect(try Queue.heartbeat(db, executor: "exec-a", host: "h", leaseSeconds: 30, holding: a.map(\.id)).isEmpty)
         let c = try Queue.claim(db, executor: "exec-b", limit: 10, leaseSeconds: 30)
         #expect(c.count == 2)
         #expect(c.first { $0.id == a[1].id }?.attempt == 2)
-        #expect(try Queue.heartbeat(db, executor: "exec-b", host: "h", leaseSeconds: 30) == Set(c.map(\.id)))
+        #expect(try Queue.heartbeat(db, executor: "exec-b", host: "h", leaseSeconds: 30, holding: c.map(\.id)) == Set(c.map(\.id)))
+        // A restarted exec-b that runs nothing renews nothing: its old targets expire and get reaped.
+        #expect(try Queue.heartbeat(db, executor: "exec-b", host: "h", leaseSeconds: 30, holding: []).isEmpty)
         // exec-b dies: its leases expire and the reaper fails its targets with a system line.
         try db.query("UPDATE execution_targets SET lease_expires_at = now() - interval '1 second' WHERE executor_id = 'exec-b'")
         #expect(try Queue.reap(db) == 2)

@@ -649,7 +649,8 @@ struct SSHTests {
         round(3000)
         // The runner's thread lets go of its wake pipe just after stop() returns.
         for _ in 0..<100 where openFiles() > files { usleep(20_000) }
-        #expect(openFiles() == files, "descriptors leaked: \(describeFiles())")
+        // Other suites run in parallel and open files too: a leak per target would show as hundreds, not a few.
+        #expect(openFiles() <= files + 10, "descriptors leaked: \(describeFiles())")
         #expect(rssKiB() - rss < 20_000, "RSS grew by \(rssKiB() - rss) KiB over 200 targets")
     }
 

@@ -251,6 +251,35 @@ schemas["ServerPatch"] = {
     ),
 }
 
+SSH_FAILURES = ["dns", "refused", "unreachable", "timeout", "hostKeyChanged", "authFailed", "rsaSHA1Refused",
+                "shellNotFound", "protocolError", "disconnected"]
+schemas["ServerTestResult"] = {
+    "type": "object",
+    "description": "The outcome of connecting, checking the host key, authenticating and running `true`.",
+    "required": ["ok", "latency_ms", "host_key"],
+    "properties": {
+        "ok": {"type": "boolean"},
+        "latency_ms": {"type": "number", "minimum": 0,
+                       "description": "Milliseconds from the start of the connection to the end of `true` "
+                                      "(or to the failure)."},
+        "host_key": {
+            "description": "The key the server presented (also when it did not match the pinned one); null when "
+                           "none was seen. `trusted_at` is set when this key is the pinned one.",
+            "oneOf": [{
+                "type": "object",
+                "required": ["algorithm", "fingerprint_sha256", "trusted_at"],
+                "properties": {
+                    "algorithm": {"type": ["string", "null"], "examples": ["ssh-ed25519"]},
+                    "fingerprint_sha256": {"type": "string", "pattern": "^SHA256:[A-Za-z0-9+/]+$"},
+                    "trusted_at": TIME_OR_NULL,
+                },
+            }, {"type": "null"}],
+        },
+        "error": {"type": "string", "description": "When ok is false: what went wrong and what to do."},
+        "failure": {"type": "string", "enum": SSH_FAILURES, "description": "When ok is false: the kind of failure."},
+    },
+}
+
 NOTIFY = {
     "type": "object",
     "required": ["on", "type"],
@@ -700,6 +729,19 @@ paths["/api/v1/servers/{id}"] = {
                 security=WRITE_SEC, request=body("ServerPatch")),
     "delete": op("deleteServer", "Delete a server (admin); 409 while a job targets it", "servers",
                  dict(NO_CONTENT, **errs("401", "403", "404", "409", "503")), security=WRITE_SEC),
+}
+
+paths["/api/v1/servers/{id}/test"] = {
+    "parameters": [ID_PARAM],
+    "post": op("testServer", "Test the SSH connection to a server (operator, admin)", "servers",
+               dict({"200": json_ok("The outcome (also when the connection failed: see `ok` and `error`).",
+                                    REF("ServerTestResult"))},
+                    **errs("401", "403", "404", "409", "503")),
+               security=WRITE_SEC,
+               desc="Connects, checks the host key, authenticates and runs `true`. The host key is trusted on "
+                    "first use and pinned; a changed key is refused before any credential is sent (`ok: false`) "
+                    "until an admin clears it with PATCH `{\"host_key\": null}`. 409 when the server has no "
+                    "credential for its auth method. No request body."),
 }
 
 paths["/api/v1/jobs"] = {

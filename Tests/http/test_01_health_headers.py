@@ -51,6 +51,7 @@ def test_openapi_lists_the_milestone_operations() -> None:
         ("/api/v1/users/{id}", "get"), ("/api/v1/users/{id}", "patch"), ("/api/v1/users/{id}", "delete"),
         ("/api/v1/servers", "get"), ("/api/v1/servers", "post"),
         ("/api/v1/servers/{id}", "get"), ("/api/v1/servers/{id}", "patch"), ("/api/v1/servers/{id}", "delete"),
+        ("/api/v1/servers/{id}/test", "post"),
         ("/api/v1/jobs", "get"), ("/api/v1/jobs", "post"),
         ("/api/v1/jobs/{id}", "get"), ("/api/v1/jobs/{id}", "patch"), ("/api/v1/jobs/{id}", "delete"),
         ("/api/v1/jobs/{id}/run", "post"),

@@ -1,0 +1,182 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Starting and stopping tsubame-executor for the HTTP tests that run jobs, and SQL through psql.
+
+The standing test stack runs no executor (scripts/test): a test module that
+runs jobs starts one itself, against the loopback SSH fleet only, and stops it
+with SIGTERM (so its coverage is written) before the module ends.
+
+Environment (set by scripts/test):
+  TSUBAME_TEST_BIN_DIR            directory with tsubame-executor
+  TSUBAME_TEST_EXECUTOR_PIDFILE   pid file of "the" executor (scripts/test stops it on exit)
+  TSUBAME_TEST_EXECUTOR_LOG       its log (every executor started here appends to it)
+  TSUBAME_TEST_PROFILE_PATTERN    LLVM_PROFILE_FILE for the instrumented binary
+  TSUBAME_TEST_DATABASE_URL       the stack's database (psql connects to it as postgres)
+The executor's own settings (TSUBAME_DATABASE_URL, TSUBAME_MASTER_KEY_FILE,
+TSUBAME_LEASE_SECONDS, ...) come from the environment scripts/test exported.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+BIN_DIR = os.environ.get("TSUBAME_TEST_BIN_DIR", "")
+PIDFILE = os.environ.get("TSUBAME_TEST_EXECUTOR_PIDFILE", "")
+LOG_FILE = os.environ.get("TSUBAME_TEST_EXECUTOR_LOG", "")
+PROFILE_PATTERN = os.environ.get("TSUBAME_TEST_PROFILE_PATTERN", "")
+DATABASE_URL = os.environ.get("TSUBAME_TEST_DATABASE_URL", "")
+RUN_USER = "tsubame"
+
+
+def psql(sql: str, **variables: str | int) -> list[list[str]]:
+    """Runs SQL (read from stdin, so `:'name'` interpolates the variables) as postgres; the rows, tab-split."""
+    assert DATABASE_URL, "TSUBAME_TEST_DATABASE_URL is not set"
+    cmd = ["psql", "-X", "-q", "-t", "-A", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-d", DATABASE_URL]
+    for name, value in variables.items():
+        cmd += ["-v", f"{name}={value}"]
+    r = subprocess.run(cmd, input=sql, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, f"psql failed ({r.returncode}): {r.stderr.strip()}\n{sql}"
+    return [line.split("\t") for line in r.stdout.splitlines() if line]
+
+
+def psql_value(sql: str, **variables: str | int) -> str:
+    rows = psql(sql, **variables)
+    assert len(rows) == 1 and len(rows[0]) == 1, f"want one value, got {rows}: {sql}"
+    return rows[0][0]
+
+
+def log_tail(lines: int = 40) -> str:
+    try:
+        text = Path(LOG_FILE).read_text(errors="replace")
+    except OSError as e:
+        return f"(cannot read the executor log {LOG_FILE}: {e})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def pid_alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] not in ("Z", "X")
+
+
+def pidfile_alive(path: str) -> int | None:
+    """The pid in `path` when it names a live tsubame-executor."""
+    try:
+        pid = int(Path(path).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return pid if b"tsubame-executor" in cmdline and pid_alive(pid) else None
+
+
+def executors_on(database_url: str = DATABASE_URL) -> list[int]:
+    """Pids of every tsubame-executor on this machine whose TSUBAME_DATABASE_URL is `database_url` (needs root
+    to read other users' environments; the executors run as tsubame)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv0 = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")[0]
+            if not argv0.endswith(b"tsubame-executor"):
+                continue
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"TSUBAME_DATABASE_URL={database_url}".encode() in environ and pid_alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+class ExecutorProcess:
+    """One tsubame-executor. With root it runs as `tsubame` (setpriv execs it: the pid is the executor's own)
+    and gets SIGTERM should this test process die first, so none outlives the suite."""
+
+    def __init__(self, executor_id: str, pidfile: str, env: dict[str, str] | None = None) -> None:
+        self.id = executor_id
+        self.pidfile = pidfile
+        self.env = dict(env or {})
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, executor_id: str | None = None, timeout: float = 20) -> None:
+        """Starts it and waits for its first heartbeat (its row in `executors`)."""
+        assert not self.running, f"executor {self.id} is already running (pid {self.pid})"
+        if executor_id:
+            self.id = executor_id
+        binary = os.path.join(BIN_DIR, "tsubame-executor")
+        assert os.access(binary, os.X_OK), f"{binary} is not executable (TSUBAME_TEST_BIN_DIR)"
+        env = dict(os.environ)
+        env.update(self.env)
+        env["TSUBAME_EXECUTOR_ID"] = self.id
+        env["TSUBAME_EXECUTOR_PIDFILE"] = self.pidfile
+        if PROFILE_PATTERN:
+            env["LLVM_PROFILE_FILE"] = PROFILE_PATTERN
+        cmd = [binary]
+        if os.geteuid() == 0:
+            cmd = ["setpriv", f"--reuid={RUN_USER}", f"--regid={RUN_USER}", "--init-groups", "--pdeathsig", "TERM",
+                   "--"] + cmd
+        since = psql_value("SELECT now()")
+        with open(LOG_FILE or os.devnull, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"executor {self.id} exited during start-up ({self.proc.returncode}):\n"
+                                     f"{log_tail()}")
+            if psql_value("SELECT count(*) FROM executors WHERE id = :'id' AND last_seen >= :'since'::timestamptz",
+                          id=self.id, since=since) == "1":
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"executor {self.id} sent no heartbeat within {timeout} s:\n{log_tail()}")
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 25) -> int | None:
+        """SIGTERM, then wait (it cancels what it runs and writes its coverage); SIGKILL only as a last resort."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+                raise AssertionError(f"executor {self.id} (pid {self.proc.pid}) ignored SIGTERM for {timeout} s:\n"
+                                     f"{log_tail()}")
+        self._forget_pidfile()
+        return self.proc.returncode
+
+    def kill9(self) -> None:
+        assert self.running, f"executor {self.id} is not running"
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self._forget_pidfile()
+
+    def _forget_pidfile(self) -> None:
+        try:
+            if Path(self.pidfile).read_text().split()[0] == str(self.proc.pid):
+                os.unlink(self.pidfile)
+        except (OSError, IndexError):
+            pass
