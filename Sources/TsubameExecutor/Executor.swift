@@ -320,6 +320,8 @@ public final class Executor: @unchecked Sendable {
             if stream == .stdout { add(t, stream: "stdout", text: t.stdout.feed(bytes), &pending) } else {
                 add(t, stream: "stderr", text: t.stderr.feed(bytes), &pending)
             }
+            // Write as soon as a chunk's worth is waiting: memory stays bounded by chunk size, not batch size.
+            if let p = pending[t.claim.executionID], p.bytes >= 4 * settings.flushBytes { try flush(t.claim.executionID, db, &pending) }
         case let .finished(id, outcome, durationMs):
             guard let t = target(id) else { return }
             add(t, stream: "stdout", text: t.stdout.flush(), &pending)
@@ -368,7 +370,7 @@ final class EventQueue: @unchecked Sendable {
     var items: [SSHEvent] = []
     var bytes = 0
     var closed = false
-    let maxBytes = 16 << 20
+    let maxBytes = 4 << 20
 
     func push(_ e: SSHEvent) {
         cond.lock()

@@ -72,7 +72,10 @@ public struct OutputMasker: Sendable {
     }
 
     static func text(_ bytes: [UInt8]) -> String {
-        let s = String(decoding: bytes, as: UTF8.self)
-        return s.contains("\0") ? s.replacingOccurrences(of: "\0", with: "\u{FFFD}") : s
+        if bytes.contains(0) {
+            return String(decoding: bytes, as: UTF8.self).replacingOccurrences(of: "\0", with: "\u{FFFD}")
+        }
+        // Valid UTF-8 (the usual case) is taken as is; otherwise invalid sequences become U+FFFD.
+        return String(validating: bytes, as: UTF8.self) ?? String(decoding: bytes, as: UTF8.self)
     }
 }

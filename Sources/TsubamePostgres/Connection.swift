@@ -47,8 +47,20 @@ public struct TextArray: PGParameter, Sendable {
     public let items: [String]
     public init(_ items: [String]) { self.items = items }
     public var pgText: String? {
-        "{" + items.map { "\"" + $0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }
-            .joined(separator: ",") + "}"
+        // Byte-level escaping: log chunks of 64 KiB pass through here, so no Foundation string searching.
+        var out: [UInt8] = [0x7B]
+        out.reserveCapacity(items.reduce(2) { $0 + $1.utf8.count + 3 })
+        for (i, item) in items.enumerated() {
+            if i > 0 { out.append(0x2C) }
+            out.append(0x22)
+            for b in item.utf8 {
+                if b == 0x22 || b == 0x5C { out.append(0x5C) }
+                out.append(b)
+            }
+            out.append(0x22)
+        }
+        out.append(0x7D)
+        return String(decoding: out, as: UTF8.self)
     }
 }
 /// A bigint[] parameter.

@@ -387,6 +387,11 @@ struct APITests {
         #expect(try !Queue.finishTarget(db, targetID: a[0].id, executor: "exec-b", status: "succeeded", exitCode: 0, error: nil, retryDelaySeconds: nil))
         #expect(try !Queue.appendLog(db, executionID: id, targetID: a[0].id, executor: "exec-b", pieces: [LogPiece(serverID: s1, stream: "stdout", data: "x")]))
         #expect(try Queue.appendLog(db, executionID: id, targetID: a[0].id, executor: "exec-a", pieces: [LogPiece(serverID: s1, stream: "stdout", data: "hello\n")]))
+        let tricky = "q\"uote \\back {brace},comma NULL é😀\n"
+        #expect(try Queue.appendLog(db, executionID: id, targetID: a[0].id, executor: "exec-a", pieces: [LogPiece(serverID: s1, stream: "stderr", data: tricky)]))
+        #expect(try db.query("SELECT data FROM log_chunks WHERE execution_id = $1 AND seq = 2", [id]).first?.string("data") == tricky)
+        try db.query("DELETE FROM log_chunks WHERE execution_id = $1 AND seq = 2", [id])
+        try db.query("UPDATE executions SET last_seq = 1 WHERE id = $1", [id])
         #expect(try Queue.finishTarget(db, targetID: a[0].id, executor: "exec-a", status: "succeeded", exitCode: 0, error: nil, retryDelaySeconds: nil))
         // A failure with retries left goes back to the queue after a backoff.
         #expect(try Queue.finishTarget(db, targetID: a[1].id, executor: "exec-a", status: "failed", exitCode: 1, error: nil, retryDelaySeconds: 0))
