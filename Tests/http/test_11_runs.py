@@ -866,3 +866,52 @@ def test_two_executors_drain_the_queue_without_duplicates(executors: Executors, 
     counts = {r[0]: int(r[1]) for r in rows}
     assert sum(counts.values()) == 180 and len(counts) == 2 and "second" in counts, counts
     assert all(n > 0 for n in counts.values()), counts
+
+
+def _parent(pid: int) -> int:
+    data = Path(f"/proc/{pid}/stat").read_text()
+    return int(data[data.rindex(")") + 2:].split()[1])
+
+
+def _comm(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+def test_sshd_killed_mid_job_fails_the_target_with_a_clear_error(executors: Executors, made: Made, fleet: Fleet,
+                                                                  admin_token: Client) -> None:
+    """The sshd process serving the session dies mid-job (the listener stays up for other tests)."""
+    path = pid_file(fleet)
+    job = made.job([made.server(fleet.ports[1])], sleeper_script(path, 60))
+    e = run(admin_token, job["id"])
+    wait_running(admin_token, e["id"])
+    wait_for(path.exists, 20, f"{path} written by the job")
+    pids = read_pids(path)
+    try:
+        # Walk up from the remote shell to the per-connection sshd processes (privilege-separated child and its monitor).
+        session = []
+        p = _parent(pids[0])
+        for _ in range(6):  # the job's shell runs under the product's wrapper shell, which runs under sshd
+            if p <= 1 or _comm(p) == "sshd":
+                break
+            p = _parent(p)
+        while p > 1 and _comm(p) == "sshd" and len(session) < 3:
+            session.append(p)
+            p = _parent(p)
+        assert session, "no sshd above the job's shell"
+        listener = session[-1] if len(session) > 1 else None
+        for sp in session[:-1] if listener else session:
+            os.kill(sp, 9)
+        e = wait_finished(admin_token, e["id"], timeout=40)
+        assert e["status"] == "failed", e
+        t = e["targets"][0]
+        assert t["status"] == "failed" and t["exit_code"] is None, t
+        assert t["error"], t
+        assert any(w in t["error"].lower() for w in ("disconnect", "connection", "closed", "lost")), t["error"]
+        chunks = full_log(admin_token, e["id"])["chunks"]
+        assert t["error"] in "".join(system_lines(chunks, t["server_id"])), chunks
+        # The fleet's listener still serves the next job.
+        assert wait_finished(admin_token, run(admin_token, made.job([made.server(fleet.ports[1])], "true\n")["id"])["id"])[
+            "status"] == "succeeded"
+    finally:
+        kill_leftovers([p for p in pids if pid_alive(p)])
+        path.unlink(missing_ok=True)
