@@ -114,7 +114,7 @@ public final class Executor: @unchecked Sendable {
 
     func controlLoop() {
         var db: PGConnection? = nil
-        var lastHeartbeat = Date.distantPast, lastReap = Date.distantPast
+        var lastHeartbeat = Date.distantPast, lastReap = Date.distantPast, lastClaim = Date.distantPast
         var wake = true
         while !isStopping {
             do {
@@ -137,14 +137,15 @@ public final class Executor: @unchecked Sendable {
                     if n > 0 { Log.warn("reaped targets of a lost executor", [("count", .int(n))]) }
                     lastReap = Date()
                 }
-                if wake { try claim(conn); wake = false }
+                if wake { try claim(conn); wake = false; lastClaim = Date() }
                 // Jittered poll: a missed NOTIFY costs at most one interval.
                 let jitter = settings.pollSeconds * Double.random(in: 0.8...1.2)
                 let timeout = min(jitter, settings.heartbeatSeconds)
                 for (channel, payload) in try conn.notifications(timeout: timeout) {
                     if channel == Queue.cancelChannel, let execution = Int64(payload) { cancelExecution(execution) } else { wake = true }
                 }
-                if !wake, Date().timeIntervalSince(lastHeartbeat) >= settings.pollSeconds { wake = true }
+                // The poll fallback: claim at least once per interval, NOTIFY or not (retries' run_at, missed notifications).
+                if !wake, Date().timeIntervalSince(lastClaim) >= jitter { wake = true }
             } catch {
                 Log.warn("executor database problem; retrying", [("error", .string("\(error)"))])
                 db = nil

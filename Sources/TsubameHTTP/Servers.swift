@@ -211,6 +211,7 @@ extension Servers {
     /// POST /servers/{id}/test: connect, check the host key, authenticate, run `true`. Trusts the key on first use.
     static func test(_ ctx: Context) throws -> HTTPResponse {
         _ = try ctx.require(.operator_)
+        try BodyReader(try ctx.optionalJSON()).finish()
         let db = try ctx.db
         let id = ctx.id()
         guard let row = try db.query("""

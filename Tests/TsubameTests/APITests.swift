@@ -222,6 +222,9 @@ struct APITests {
         #expect(r.json["auth_method"] == "key" && r.json["has_password"] == .bool(true))
         #expect(admin.patch("/api/v1/servers/\(id)", #"{"host_key":{"fingerprint_sha256":"x"}}"#).status == 422)
         #expect(admin.patch("/api/v1/servers/999999", #"{"name":"zzz"}"#).status == 404)
+        // The test endpoint takes no body: nonsense is refused before anything connects.
+        #expect(admin.post("/api/v1/servers/\(id)/test", #"{"x":1}"#).status == 422)
+        #expect(admin.call("POST", "/api/v1/servers/\(id)/test", "{}", contentType: "text/plain").status == 415)
         try? db.query("UPDATE servers SET host_key_algorithm = 'ssh-ed25519', host_key_fingerprint = 'SHA256:abc', host_key_trusted_at = now() WHERE id = $1", [id])
         #expect(admin.get("/api/v1/servers/\(id)").json["host_key"]?["fingerprint_sha256"] == "SHA256:abc")
         #expect(admin.patch("/api/v1/servers/\(id)", #"{"host_key":null}"#).json["host_key"] == .null)
