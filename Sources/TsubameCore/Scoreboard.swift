@@ -31,17 +31,21 @@ public final class Scoreboard: @unchecked Sendable {
         public var pid: Int64
         public var served: Int64
         public var busy: Int64
-        public init(pid: Int64, served: Int64, busy: Int64) { self.pid = pid; self.served = served; self.busy = busy }
+        /// Long-polls parked (waiting without a thread).
+        public var waiting: Int64
+        public init(pid: Int64, served: Int64, busy: Int64, waiting: Int64 = 0) {
+            self.pid = pid; self.served = served; self.busy = busy; self.waiting = waiting
+        }
     }
 
     public func read(_ slot: Int) -> Slot {
         let p = base + slot * Scoreboard.wordsPerSlot
-        return Slot(pid: p[0], served: p[1], busy: p[2])
+        return Slot(pid: p[0], served: p[1], busy: p[2], waiting: p[3])
     }
 
     public func write(_ slot: Int, _ value: Slot) {
         let p = base + slot * Scoreboard.wordsPerSlot
-        p[0] = value.pid; p[1] = value.served; p[2] = value.busy
+        p[0] = value.pid; p[1] = value.served; p[2] = value.busy; p[3] = value.waiting
     }
 }
 

@@ -135,6 +135,7 @@ public final class Executor: @unchecked Sendable {
                 if Date().timeIntervalSince(lastReap) >= Double(settings.leaseSeconds) / 2 {
                     let n = try Queue.reap(conn)
                     if n > 0 { Log.warn("reaped targets of a lost executor", [("count", .int(n))]) }
+                    try Events.prune(conn)
                     lastReap = Date()
                 }
                 if wake { try claim(conn); wake = false; lastClaim = Date() }

@@ -10,7 +10,10 @@ import Synchronization
 public final class FastCGIStats: Sendable {
     let servedCount = Atomic<Int>(0)
     let busyCount = Atomic<Int>(0)
+    let parkedCount = Atomic<Int>(0)
     public init() {}
+    /// Requests parked (long-polls waiting without a thread) right now.
+    public var parked: Int { parkedCount.load(ordering: .relaxed) }
     /// Requests finished so far.
     public var served: Int { servedCount.load(ordering: .relaxed) }
     /// Requests being handled right now.
@@ -103,27 +106,52 @@ public final class FastCGIServer: @unchecked Sendable {
         sigaddset(&usr1, SIGUSR1)
         pthread_sigmask(SIG_UNBLOCK, &usr1, nil)
         let handler = makeHandler(index)
-        var req = FCGX_Request()
-        guard FCGX_InitRequest(&req, listenFD, 0) == 0 else { return }
-        defer { FCGX_Free(&req, 1) }
+        // On the heap: a parked request keeps its struct and the loop goes on with a fresh one.
+        guard var req = FastCGIServer.newRequest(listenFD) else { return }
+        defer { FCGX_Free(req, 1); req.deallocate() }
         while !isStopping {
-            let rc = FCGX_Accept_r(&req)
+            let rc = FCGX_Accept_r(req)
             if rc < 0 { break }
             stats.busyCount.add(1, ordering: .relaxed)
-            let request = read(&req)
+            let request = read(req)
             let response = handler(request)
-            write(response, to: &req)
-            FCGX_Finish_r(&req)
-            stats.busyCount.subtract(1, ordering: .relaxed)
-            let served = stats.servedCount.add(1, ordering: .relaxed).newValue
-            onRequestFinished?(index, served)
-            if maxRequests > 0, served >= maxRequests, !isStopping { requestStop() }
+            if let park = response.park {
+                guard let fresh = FastCGIServer.newRequest(listenFD) else {
+                    // No memory for a new struct: answer now rather than park.
+                    write(HTTPResponse(status: 503, headers: [("Content-Type", "text/plain")], body: Array("busy\n".utf8)), to: req)
+                    finish(req, index: index)
+                    continue
+                }
+                let parked = ParkedRequest(raw: req, request: request, server: self, index: index)
+                req = fresh
+                stats.parkedCount.add(1, ordering: .relaxed)
+                stats.busyCount.subtract(1, ordering: .relaxed)
+                park(parked)
+                continue
+            }
+            write(response, to: req)
+            finish(req, index: index)
         }
     }
 
-    private func read(_ req: inout FCGX_Request) -> HTTPRequest {
+    static func newRequest(_ listenFD: Int32) -> UnsafeMutablePointer<FCGX_Request>? {
+        let req = UnsafeMutablePointer<FCGX_Request>.allocate(capacity: 1)
+        guard FCGX_InitRequest(req, listenFD, 0) == 0 else { req.deallocate(); return nil }
+        return req
+    }
+
+    /// Ends an answered request (accept thread or parked) and counts it.
+    fileprivate func finish(_ req: UnsafeMutablePointer<FCGX_Request>, index: Int, parked: Bool = false) {
+        FCGX_Finish_r(req)
+        if parked { stats.parkedCount.subtract(1, ordering: .relaxed) } else { stats.busyCount.subtract(1, ordering: .relaxed) }
+        let served = stats.servedCount.add(1, ordering: .relaxed).newValue
+        onRequestFinished?(index, served)
+        if maxRequests > 0, served >= maxRequests, !isStopping { requestStop() }
+    }
+
+    private func read(_ req: UnsafeMutablePointer<FCGX_Request>) -> HTTPRequest {
         var params: [String: String] = [:]
-        if var p = req.envp {
+        if var p = req.pointee.envp {
             while let entry = p.pointee {
                 let s = String(cString: entry)
                 if let eq = s.firstIndex(of: "=") { params[String(s[..<eq])] = String(s[s.index(after: eq)...]) }
@@ -141,7 +169,7 @@ public final class FastCGIServer: @unchecked Sendable {
         while got < length {
             let n = body.withUnsafeMutableBufferPointer { buf in
                 buf.baseAddress!.withMemoryRebound(to: CChar.self, capacity: length) {
-                    FCGX_GetStr($0 + got, Int32(length - got), req.in)
+                    FCGX_GetStr($0 + got, Int32(length - got), req.pointee.in)
                 }
             }
             if n <= 0 { break }
@@ -151,24 +179,71 @@ public final class FastCGIServer: @unchecked Sendable {
         return HTTPRequest(method: method, uri: uri, params: params, body: body)
     }
 
-    private func write(_ response: HTTPResponse, to req: inout FCGX_Request) {
+    fileprivate func write(_ response: HTTPResponse, to req: UnsafeMutablePointer<FCGX_Request>) {
         var response = response
-        // A length lets nginx pass the body on without chunked encoding.
-        if response.status != 204, response.status != 304 { response.headers.append(("Content-Length", String(response.body.count))) }
-        let head = Array(response.head.utf8)
-        head.withUnsafeBufferPointer { b in
-            b.baseAddress!.withMemoryRebound(to: CChar.self, capacity: b.count) { _ = FCGX_PutStr($0, Int32(b.count), req.out) }
+        // A length lets nginx pass the body on without chunked encoding (a stream has none).
+        if response.status != 204, response.status != 304, response.stream == nil {
+            response.headers.append(("Content-Length", String(response.body.count)))
         }
-        var offset = 0
-        let body = response.body
-        while offset < body.count {
-            let n = min(1 << 20, body.count - offset)
-            body.withUnsafeBufferPointer { b in
-                (b.baseAddress! + offset).withMemoryRebound(to: CChar.self, capacity: n) { _ = FCGX_PutStr($0, Int32(n), req.out) }
+        let out = req.pointee.out
+        func put(_ bytes: [UInt8]) {
+            var offset = 0
+            while offset < bytes.count {
+                let n = min(1 << 20, bytes.count - offset)
+                bytes.withUnsafeBufferPointer { b in
+                    (b.baseAddress! + offset).withMemoryRebound(to: CChar.self, capacity: n) { _ = FCGX_PutStr($0, Int32(n), out) }
+                }
+                offset += n
             }
-            offset += n
+        }
+        put(Array(response.head.utf8))
+        if let stream = response.stream {
+            do { try stream.produce { put($0) } } catch {
+                // The head is gone already: all that is left is to end the body early and say so in the log.
+                FileHandle.standardError.write(Data("{\"level\":\"error\",\"msg\":\"streamed response failed\",\"error\":\"\(error)\"}\n".utf8))
+            }
+        } else {
+            put(response.body)
         }
     }
+}
+
+/// A request whose accept thread went back to accepting: it keeps its FastCGI connection (and struct)
+/// until `answer` or `drop` is called, exactly once, from any thread.
+public final class ParkedRequest: @unchecked Sendable {
+    public let request: HTTPRequest
+    private var raw: UnsafeMutablePointer<FCGX_Request>?
+    private let server: FastCGIServer
+    private let index: Int
+    private let lock = NSLock()
+
+    init(raw: UnsafeMutablePointer<FCGX_Request>, request: HTTPRequest, server: FastCGIServer, index: Int) {
+        self.raw = raw; self.request = request; self.server = server; self.index = index
+    }
+
+    /// The connection's descriptor: it reports a hang-up when nginx gave up on the request (client gone).
+    public var fd: Int32 { lock.lock(); defer { lock.unlock() }; return raw?.pointee.ipcFd ?? -1 }
+
+    /// Sends the response and ends the request. Later calls do nothing.
+    public func answer(_ response: HTTPResponse) {
+        lock.lock(); defer { lock.unlock() }
+        guard let req = raw else { return }
+        raw = nil
+        server.write(response, to: req)
+        server.finish(req, index: index, parked: true)
+        req.deallocate()
+    }
+
+    /// Ends the request without an answer (nobody is listening any more).
+    public func drop() {
+        lock.lock(); defer { lock.unlock() }
+        guard let req = raw else { return }
+        raw = nil
+        server.finish(req, index: index, parked: true)
+        req.deallocate()
+    }
+
+    deinit { drop() }
 }
 
 final class ThreadBox {

@@ -41,9 +41,21 @@ public struct HTTPResponse: Sendable {
     public var status: Int
     public var headers: [(String, String)]
     public var body: [UInt8]
+    /// A body produced while it is sent (instead of `body`), for responses too large to hold in memory.
+    public var stream: BodyStream?
+    /// Set instead of an answer: the request is parked (it keeps its connection but frees the accept
+    /// thread) and handed to this closure, which answers it later from any thread.
+    public var park: (@Sendable (ParkedRequest) -> Void)?
 
     public init(status: Int, headers: [(String, String)] = [], body: [UInt8] = []) {
         self.status = status; self.headers = headers; self.body = body
+    }
+
+    /// A response whose answer comes later (see `park`).
+    public static func parked(_ park: @escaping @Sendable (ParkedRequest) -> Void) -> HTTPResponse {
+        var r = HTTPResponse(status: 0)
+        r.park = park
+        return r
     }
 
     /// The CGI response head: Status line, headers, blank line.
@@ -78,4 +90,10 @@ public struct HTTPResponse: Sendable {
         default: "Status"
         }
     }
+}
+
+/// A body written piece by piece: `produce` calls `emit` for each piece, on the thread that answers.
+public struct BodyStream: @unchecked Sendable {
+    public let produce: (_ emit: ([UInt8]) -> Void) throws -> Void
+    public init(_ produce: @escaping (_ emit: ([UInt8]) -> Void) throws -> Void) { self.produce = produce }
 }

@@ -36,6 +36,8 @@ public final class App: @unchecked Sendable {
     private var connection: PGConnection?
     /// Extra lines for /metrics from the process (pool counters); set by the worker.
     public var metricsProvider: (() -> String)?
+    /// Where long-polls park; without one (tests, tools) they are answered at once.
+    public var hub: LiveHub?
 
     public init(settings: AppSettings, box: SecretBox) {
         self.settings = settings
@@ -58,11 +60,22 @@ public final class App: @unchecked Sendable {
 
     /// Answers any request. Errors become problem+json; unexpected ones a logged 500 with a request id.
     public func handle(_ request: HTTPRequest) -> HTTPResponse {
-        let requestID = Crypto.hex(Crypto.randomBytes(8))
         let started = Date()
+        let requestID = Crypto.hex(Crypto.randomBytes(8))
+        let response = guarded(requestID: requestID, path: request.path) { try route(request) }
+        if Log.minimum <= .debug {
+            Log.debug("request", [("request_id", .string(requestID)), ("method", .string(request.method)), ("path", .string(request.path)),
+                                  ("status", .int(response.park == nil ? response.status : 0)),
+                                  ("ms", .double(Date().timeIntervalSince(started) * 1000))])
+        }
+        return response
+    }
+
+    /// Runs `body`, turning what it throws into problem+json, and tags the answer with the request id.
+    func guarded(requestID: String, path: String, _ body: () throws -> HTTPResponse) -> HTTPResponse {
         var response: HTTPResponse
         do {
-            response = try route(request)
+            response = try body()
         } catch let e as APIError {
             response = Reply.problem(e, requestID: requestID)
         } catch let e as PGError where e.isUniqueViolation || e.isForeignKeyViolation {
@@ -72,15 +85,11 @@ public final class App: @unchecked Sendable {
             Log.warn("database connection lost", [("request_id", .string(requestID)), ("error", .string(e.description))])
             response = Reply.problem(.unavailable("The database is unreachable; try again shortly."), requestID: requestID)
         } catch {
-            Log.error("request failed", [("request_id", .string(requestID)), ("path", .string(request.path)),
+            Log.error("request failed", [("request_id", .string(requestID)), ("path", .string(path)),
                                          ("error", .string(String(describing: error)))])
             response = Reply.problem(.internal, requestID: requestID)
         }
         response.headers.append(("X-Request-Id", requestID))
-        if Log.minimum <= .debug {
-            Log.debug("request", [("request_id", .string(requestID)), ("method", .string(request.method)), ("path", .string(request.path)),
-                                  ("status", .int(response.status)), ("ms", .double(Date().timeIntervalSince(started) * 1000))])
-        }
         return response
     }
 

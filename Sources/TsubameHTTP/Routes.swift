@@ -34,8 +34,9 @@ enum Routes {
         r("/api/v1/executions/{id}", ["GET": Executions.get]),
         r("/api/v1/executions/{id}/cancel", ["POST": Executions.cancel]),
         r("/api/v1/executions/{id}/rerun", ["POST": Executions.rerun]),
-        r("/api/v1/executions/{id}/log", ["GET": Executions.log]),
-        r("/api/v1/executions/{id}/log.txt", ["GET": Executions.logText]),
+        r("/api/v1/executions/{id}/log", ["GET": Live.log]),
+        r("/api/v1/executions/{id}/log.txt", ["GET": Live.logText]),
+        r("/api/v1/events", ["GET": Live.events]),
         r("/api/v1/audit", ["GET": Audit.list]),
     ]
 

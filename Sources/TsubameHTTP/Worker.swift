@@ -14,12 +14,17 @@ public final class Worker: @unchecked Sendable {
     let settings: AppSettings
     let box: SecretBox
     let scoreboard: (Scoreboard, Int)?
+    /// Parked long-polls of this process.
+    public let hub: LiveHub
+    let responders: Int
 
     public init(config: Config, listenFD: Int32 = 0, environment: [String: String] = ProcessInfo.processInfo.environment) throws {
         settings = AppSettings(config: config)
         box = try SecretBox.load(path: config.string("TSUBAME_MASTER_KEY_FILE") ?? "")
         server = FastCGIServer(listenFD: listenFD, threads: config.int("TSUBAME_WORKER_THREADS"),
                                maxRequests: config.int("TSUBAME_MAX_REQUESTS"))
+        hub = LiveHub(settings: settings, box: box, maxWaiters: config.int("TSUBAME_LONGPOLL_MAX_WAITERS"))
+        responders = config.int("TSUBAME_LONGPOLL_RESPONDERS")
         if let path = environment["TSUBAME_SCOREBOARD"], let slot = Int(environment["TSUBAME_WORKER_SLOT"] ?? ""),
            let slots = Int(environment["TSUBAME_SCOREBOARD_SLOTS"] ?? ""), slot >= 0, slot < slots {
             scoreboard = (try Scoreboard(path: path, slots: slots, create: false), slot)
@@ -36,12 +41,28 @@ public final class Worker: @unchecked Sendable {
 
     /// Starts accepting. Returns at once; `wait()` blocks until stopped.
     public func start() {
-        let settings = settings, box = box, stats = server.stats
+        Worker.raiseFileLimit()
+        // A client that went away must not kill the process when its answer is written.
+        signal(SIGPIPE, SIG_IGN)
+        let settings = settings, box = box, stats = server.stats, hub = hub, scoreboard = scoreboard
+        hub.start(responders: responders)
         server.start { _ in
             let app = App(settings: settings, box: box)
-            app.metricsProvider = {
-                "# TYPE tsubame_worker_requests_total counter\ntsubame_worker_requests_total{pid=\"\(getpid())\"} \(stats.served)\n"
+            app.hub = hub
+            app.metricsProvider = { [scoreboard] in
+                var text = "# TYPE tsubame_worker_requests_total counter\ntsubame_worker_requests_total{pid=\"\(getpid())\"} \(stats.served)\n"
                     + "# TYPE tsubame_worker_busy_threads gauge\ntsubame_worker_busy_threads{pid=\"\(getpid())\"} \(stats.busy)\n"
+                    + "# TYPE tsubame_longpoll_waiters gauge\n"
+                // Waiters of the whole pool (from the scoreboard, at most 100 ms old), or of this process alone.
+                if let (board, _) = scoreboard {
+                    for slot in 0..<board.slots {
+                        let s = board.read(slot)
+                        if s.pid != 0 { text += "tsubame_longpoll_waiters{pid=\"\(s.pid)\"} \(s.waiting)\n" }
+                    }
+                } else {
+                    text += "tsubame_longpoll_waiters{pid=\"\(getpid())\"} \(stats.parked)\n"
+                }
+                return text
             }
             return app.handle
         }
@@ -49,14 +70,33 @@ public final class Worker: @unchecked Sendable {
             let server = server
             Thread.detachNewThread {
                 while true {
-                    board.write(slot, .init(pid: Int64(getpid()), served: Int64(server.stats.served), busy: Int64(server.stats.busy)))
-                    if server.isStopping && server.stats.busy == 0 { break }
+                    board.write(slot, .init(pid: Int64(getpid()), served: Int64(server.stats.served), busy: Int64(server.stats.busy),
+                                           waiting: Int64(server.stats.parked)))
+                    if server.isStopping && server.stats.busy == 0 && server.stats.parked == 0 { break }
                     usleep(100_000)
                 }
             }
         }
     }
 
-    public func stop() { server.requestStop() }
-    public func wait() { server.wait() }
+    /// Graceful stop: no new requests; parked long-polls are answered with what exists.
+    public func stop() {
+        server.requestStop()
+        hub.shutdown()
+    }
+
+    /// Blocks until the accept threads ended and every parked request was answered.
+    public func wait() {
+        server.wait()
+        hub.close()
+    }
+
+    /// Each parked long-poll holds a descriptor: use all the hard limit allows.
+    static func raiseFileLimit() {
+        var limit = rlimit()
+        if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max
+            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        }
+    }
 }

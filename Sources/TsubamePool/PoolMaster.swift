@@ -226,7 +226,8 @@ public final class PoolMaster: @unchecked Sendable {
         let ws: [JSON] = workers.values.sorted { $0.slot < $1.slot }.map { w in
             let s = scoreboard?.read(w.slot) ?? .init(pid: 0, served: 0, busy: 0)
             return .object([("pid", .int(w.pid)), ("slot", .int(w.slot)), ("started_at", .string(Timestamp.format(w.startedAt))),
-                            ("requests", .int(s.served)), ("busy_threads", .int(s.busy)), ("retiring", .bool(w.retiring))])
+                            ("requests", .int(s.served)), ("busy_threads", .int(s.busy)), ("waiting", .int(s.waiting)),
+                            ("retiring", .bool(w.retiring))])
         }
         return .object([
             ("master_pid", .int(getpid())), ("started_at", .string(Timestamp.format(startedAt))),
@@ -239,11 +240,13 @@ public final class PoolMaster: @unchecked Sendable {
         var s = "pool master \(j["master_pid"]?.text ?? "?") since \(j["started_at"]?.stringValue ?? "?")\n"
         s += "workers: \(j["workers_running"]?.text ?? "0") running of \(j["workers_configured"]?.text ?? "0"); "
         s += "restarts \(j["restarts"]?.text ?? "0"), recycled \(j["recycled"]?.text ?? "0"), reloads \(j["reloads"]?.text ?? "0")\n"
-        s += "  PID      SLOT  REQUESTS  BUSY  STARTED\n"
+        s += "  PID      SLOT  REQUESTS  BUSY  WAITING  STARTED\n"
         for w in j["workers"]?.arrayValue ?? [] {
-            let cols = [w["pid"]?.text ?? "", w["slot"]?.text ?? "", w["requests"]?.text ?? "", w["busy_threads"]?.text ?? ""]
+            let cols = [w["pid"]?.text ?? "", w["slot"]?.text ?? "", w["requests"]?.text ?? "", w["busy_threads"]?.text ?? "",
+                        w["waiting"]?.text ?? ""]
             s += "  " + cols[0].padding(toLength: 9, withPad: " ", startingAt: 0) + cols[1].padding(toLength: 6, withPad: " ", startingAt: 0)
                 + cols[2].padding(toLength: 10, withPad: " ", startingAt: 0) + cols[3].padding(toLength: 6, withPad: " ", startingAt: 0)
+                + cols[4].padding(toLength: 9, withPad: " ", startingAt: 0)
                 + (w["started_at"]?.stringValue ?? "") + (w["retiring"]?.boolValue == true ? " (retiring)" : "") + "\n"
         }
         return s

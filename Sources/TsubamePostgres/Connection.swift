@@ -230,6 +230,19 @@ public final class PGConnection: @unchecked Sendable {
         return out
     }
 
+    /// The connection's socket, for callers that poll it together with other descriptors (-1 when closed).
+    public var socket: Int32 { conn.map { PQsocket($0) } ?? -1 }
+
+    /// Reads what arrived on the socket without waiting and returns the notifications received so far.
+    /// Throws when the connection broke.
+    public func takeNotifications() throws -> [(String, String)] {
+        guard let c = conn else { throw lost("notifications") }
+        guard PQconsumeInput(c) == 1, PQstatus(c) == CONNECTION_OK else {
+            throw PGError(sqlState: nil, message: String(cString: PQerrorMessage(c)), operation: "notifications", connectionLost: true)
+        }
+        return drainNotifications(c)
+    }
+
     private func drainNotifications(_ c: OpaquePointer) -> [(String, String)] {
         var out: [(String, String)] = []
         while let n = PQnotifies(c) {

@@ -520,6 +520,26 @@ schemas["ExecutionLog"] = {
     },
 }
 
+schemas["Event"] = {
+    "type": "object",
+    "required": ["id", "type", "at", "execution"],
+    "properties": {
+        "id": {"type": "integer", "format": "int64", "minimum": 1},
+        "type": {"type": "string", "enum": ["execution.created", "execution.updated", "execution.finished"]},
+        "at": {"type": "string", "format": "date-time"},
+        "execution": dict(REF("Execution"), description="The execution as it is now (not as it was at the event)."),
+    },
+}
+schemas["EventPage"] = {
+    "type": "object",
+    "required": ["events", "next"],
+    "properties": {
+        "events": {"type": "array", "items": REF("Event")},
+        "next": {"type": "integer", "format": "int64", "minimum": 0,
+                 "description": "Send as `after` next time: the last id returned, or `after` when none was."},
+    },
+}
+
 
 def list_schema(item):
     return {
@@ -832,8 +852,16 @@ LOG_PARAMS = [
      "description": "When nothing newer exists and the execution is unfinished, wait up to this many "
                     "seconds for output or a status change.",
      "schema": {"type": "integer", "minimum": 0, "maximum": 30, "default": 0}},
-    {"name": "limit", "in": "query", "required": False, "description": "At most this many chunks.",
+    {"name": "limit", "in": "query", "required": False,
+     "description": "At most this many chunks (an answer also stops once it holds 2 MiB of output, after at "
+                    "least one chunk; `next_seq` says where to go on).",
      "schema": {"type": "integer", "minimum": 1, "maximum": 5000, "default": 1000}},
+    {"name": "tail", "in": "query", "required": False,
+     "description": "The last N chunks (the end of a long log, at once); not with `after` or `before`.",
+     "schema": {"type": "integer", "minimum": 1, "maximum": 5000}},
+    {"name": "before", "in": "query", "required": False,
+     "description": "Paging back: the last `limit` chunks with a smaller seq (answers at once, no wait).",
+     "schema": {"type": "integer", "format": "int64", "minimum": 1}},
 ]
 paths["/api/v1/executions/{id}/log"] = {
     "parameters": [ID_PARAM],
@@ -841,7 +869,8 @@ paths["/api/v1/executions/{id}/log"] = {
               dict({"200": json_ok("Chunks after `after`.", REF("ExecutionLog"))},
                    **errs("400", "401", "404", "503")),
               params=LOG_PARAMS,
-              desc="A client that resumes with `after` = the last next_seq never misses nor repeats output."),
+              desc="A client that resumes with `after` = the last next_seq never misses nor repeats output. "
+                   "A waiting request holds no server thread: thousands may wait at once."),
 }
 paths["/api/v1/executions/{id}/log.txt"] = {
     "parameters": [ID_PARAM],
@@ -849,6 +878,25 @@ paths["/api/v1/executions/{id}/log.txt"] = {
               dict({"200": {"description": "The log; system lines are prefixed with `[server] # `.",
                             "content": {"text/plain": {"schema": {"type": "string"}}}}},
                    **errs("401", "404", "503"))),
+}
+
+paths["/api/v1/events"] = {
+    "get": op("listEvents", "Long-poll the feed of execution changes", "executions",
+              dict({"200": json_ok("Events after `after`, oldest first.", REF("EventPage"))},
+                   **errs("400", "401", "503")),
+              params=[
+                  {"name": "after", "in": "query", "required": False,
+                   "description": "Only events with a greater id (the `next` of the previous answer). "
+                                  "Without it: only events from now on.",
+                   "schema": {"type": "integer", "format": "int64", "minimum": 0}},
+                  {"name": "wait", "in": "query", "required": False,
+                   "description": "When nothing newer exists, wait up to this many seconds for an event.",
+                   "schema": {"type": "integer", "minimum": 0, "maximum": 30, "default": 0}},
+                  {"name": "limit", "in": "query", "required": False, "description": "At most this many events.",
+                   "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}},
+              ],
+              desc="Events are kept for a day. Ids only grow and become visible in order, so resuming with "
+                   "`after` = `next` never misses nor repeats one."),
 }
 
 doc = {

@@ -38,6 +38,10 @@ CONFIG = """
 [[operations]]
 include-operation-id = "getExecutionLog"
 parameters = { "query.wait" = 0 }
+
+[[operations]]
+include-operation-id = "listEvents"
+parameters = { "query.wait" = 0 }
 """
 
 
