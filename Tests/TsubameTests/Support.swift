@@ -79,7 +79,14 @@ final class Client {
         let bytes = rawBody ?? body.map { Array($0.utf8) } ?? []
         if !bytes.isEmpty || body != nil, let contentType { params["CONTENT_TYPE"] = contentType }
         for (k, v) in headers { params["HTTP_" + k.uppercased().replacingOccurrences(of: "-", with: "_")] = v }
-        let r = app.handle(HTTPRequest(method: method, uri: uri, params: params, body: bytes, bodyTooLarge: tooLarge))
+        var r = app.handle(HTTPRequest(method: method, uri: uri, params: params, body: bytes, bodyTooLarge: tooLarge))
+        if let stream = r.stream {
+            // What the FastCGI server would send, collected.
+            var body: [UInt8] = []
+            try? stream.produce { body += $0 }
+            r.body = body
+            r.stream = nil
+        }
         let json = (try? JSON.parse(r.body)) ?? .null
         return Reply(status: r.status, json: json, response: r)
     }

@@ -58,11 +58,12 @@ def test_openapi_lists_the_milestone_operations() -> None:
         ("/api/v1/executions", "get"), ("/api/v1/executions/{id}", "get"),
         ("/api/v1/executions/{id}/cancel", "post"), ("/api/v1/executions/{id}/rerun", "post"),
         ("/api/v1/executions/{id}/log", "get"), ("/api/v1/executions/{id}/log.txt", "get"),
+        ("/api/v1/events", "get"),
     }
     assert ops == expected
     op_ids = {o["operationId"] for item in doc["paths"].values() for m, o in item.items() if m in HTTP_METHODS}
     assert {"runJob", "listExecutions", "getExecution", "cancelExecution", "rerunExecution",
-            "getExecutionLog", "getExecutionLogText"} <= op_ids
+            "getExecutionLog", "getExecutionLogText", "listEvents"} <= op_ids
 
 
 def test_openapi_file_is_a_valid_document() -> None:
