@@ -38,7 +38,7 @@ public struct Config: Sendable {
               help: "threads per worker (each with a PostgreSQL connection) that answer parked long-polls"),
         .init(name: "TSUBAME_LONGPOLL_MAX_WAITERS", defaultValue: "8000", kind: .int(0...1_000_000), secret: false,
               help: "long-polls one worker parks at once; beyond it they are answered at once (0 = never park)"),
-        .init(name: "TSUBAME_MAX_REQUESTS", defaultValue: "10000", kind: .int(0...100_000_000), secret: false,
+        .init(name: "TSUBAME_MAX_REQUESTS", defaultValue: "1000000", kind: .int(0...100_000_000), secret: false,
               help: "requests after which a worker is recycled (0 = never)"),
         .init(name: "TSUBAME_POOL_USER", defaultValue: "tsubame", kind: .string, secret: false,
               help: "user the pool drops to when started as root"),

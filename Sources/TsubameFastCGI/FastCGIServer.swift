@@ -114,6 +114,10 @@ public final class FastCGIServer: @unchecked Sendable {
             if rc < 0 { break }
             stats.busyCount.add(1, ordering: .relaxed)
             let request = read(req)
+            // Everything nginx sent was read (the empty stdin record included): the connection can be closed
+            // at once when answered, without libfcgi's lingering close (shutdown, then wait up to 2 s for
+            // nginx to close its end), which would hold this thread or a long-poll responder per answer.
+            if !request.bodyTooLarge { _ = FCGX_Detach(req) }
             let response = handler(request)
             if let park = response.park {
                 guard let fresh = FastCGIServer.newRequest(listenFD) else {
@@ -176,6 +180,9 @@ public final class FastCGIServer: @unchecked Sendable {
             got += Int(n)
         }
         if got < length { body.removeLast(length - got) }
+        // The rest of the stdin stream, up to its end record.
+        var rest = [CChar](repeating: 0, count: 4096)
+        while FCGX_GetStr(&rest, Int32(rest.count), req.pointee.in) > 0 {}
         return HTTPRequest(method: method, uri: uri, params: params, body: body)
     }
 
