@@ -38,6 +38,8 @@ enum Routes {
         r("/api/v1/executions/{id}/log.txt", ["GET": Live.logText]),
         r("/api/v1/events", ["GET": Live.events]),
         r("/api/v1/audit", ["GET": Audit.list]),
+        r("/api/v1/stats", ["GET": Stats.get]),
+        r("/api/v1/schedule/preview", ["GET": Stats.preview]),
     ]
 
     static func r(_ pattern: String, auth: Bool = true, _ handlers: [String: Handler]) -> Route {

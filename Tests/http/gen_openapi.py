@@ -540,6 +540,30 @@ schemas["EventPage"] = {
     },
 }
 
+COUNT = {"type": "integer", "minimum": 0}
+schemas["Stats"] = {
+    "type": "object",
+    "required": ["servers", "jobs", "running", "executions_by_status", "success_rate", "days", "daily"],
+    "properties": {
+        "servers": COUNT, "jobs": COUNT, "running": COUNT,
+        "executions_by_status": {"type": "object", "additionalProperties": COUNT,
+                                 "description": "Executions created in the window, by status (every status present)."},
+        "success_rate": {"type": ["number", "null"], "minimum": 0, "maximum": 1,
+                         "description": "succeeded / finished in the window; null when none finished."},
+        "days": {"type": "integer", "minimum": 1, "maximum": 90},
+        "daily": {"type": "array", "items": {
+            "type": "object", "required": ["date", "succeeded", "failed", "cancelled", "timed_out"],
+            "properties": {"date": {"type": "string", "format": "date"}, "succeeded": COUNT, "failed": COUNT,
+                           "cancelled": COUNT, "timed_out": COUNT}}},
+    },
+}
+schemas["SchedulePreview"] = {
+    "type": "object",
+    "required": ["schedule", "timezone", "next_runs"],
+    "properties": {"schedule": {"type": "string"}, "timezone": {"type": "string"},
+                   "next_runs": {"type": "array", "items": {"type": "string", "format": "date-time"}}},
+}
+
 
 def list_schema(item):
     return {
@@ -897,6 +921,24 @@ paths["/api/v1/events"] = {
               ],
               desc="Events are kept for a day. Ids only grow and become visible in order, so resuming with "
                    "`after` = `next` never misses nor repeats one."),
+}
+
+paths["/api/v1/stats"] = {
+    "get": op("getStats", "Counts, success rate and daily history for the dashboard", "operations",
+              dict({"200": json_ok("The figures over the last `days` days (UTC).", REF("Stats"))},
+                   **errs("400", "401", "503")),
+              params=[{"name": "days", "in": "query", "required": False, "description": "Days of history, today included.",
+                       "schema": {"type": "integer", "minimum": 1, "maximum": 90, "default": 14}}]),
+}
+paths["/api/v1/schedule/preview"] = {
+    "get": op("previewSchedule", "The next 5 times of a cron expression in a time zone", "jobs",
+              dict({"200": json_ok("The next run times.", REF("SchedulePreview"))},
+                   **errs("400", "401", "422", "503")),
+              params=[{"name": "schedule", "in": "query", "required": True, "description": "A 5-field cron expression or @macro.",
+                       "schema": {"type": "string"}},
+                      {"name": "timezone", "in": "query", "required": False, "description": "IANA time zone (default UTC).",
+                       "schema": {"type": "string"}}],
+              desc="The job editor's helper: the same rules as a job's `schedule` and `timezone` (422 names the field)."),
 }
 
 doc = {
