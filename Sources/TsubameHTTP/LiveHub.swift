@@ -315,6 +315,8 @@ public final class LiveHub: @unchecked Sendable {
     // MARK: - responders
 
     private func respondLoop(_ app: App) {
+        // Connected up front: the process's PostgreSQL connections are the same with or without waiters.
+        _ = try? app.database()
         while true {
             cond.lock()
             while work.isEmpty && !closed { cond.wait() }

@@ -281,9 +281,10 @@ def main():
         time.sleep(1)
 
     log(f"crud: wrk GET /api/v1/jobs?limit=50, {DURATION} s, no watcher")
+    out["crud_rps_idle"], _ = asyncio.run(wrk(token))
+    # After wrk, so that every accept thread has opened its connection (they connect on first use).
     out["pg_connections_idle"] = pg_backends()
     out["worker_rss_mb_idle"] = worker_rss_mb()
-    out["crud_rps_idle"], _ = asyncio.run(wrk(token))
     runs = start_runs(a, silent)
     w = Watchers(token, runs, CRUD_WAITERS, last_seqs(a, runs))
     log(f"crud: the same with {CRUD_WAITERS} watchers parked on {len(runs)} silent executions")
