@@ -1119,7 +1119,8 @@ final class Engine: @unchecked Sendable {
                                       + "a ForceCommand or a restricted login shell for \(job.target.username)?)")
                 } else {
                     outcome = .failed(.shellNotFound, "the login shell of \(job.target.username) on \(job.label) could not run /bin/sh "
-                                      + "(\(detail)). The target needs a POSIX /bin/sh and a login shell that runs commands.")
+                                      + "(\(detail)). The target needs a POSIX /bin/sh and a login shell that runs commands"
+                                      + (job.inline ? " given in POSIX quoting (sh, bash, zsh, fish; csh takes no multi-line command)." : "."))
                 }
             }
         }
