@@ -976,28 +976,34 @@ final class Engine: @unchecked Sendable {
     @discardableResult
     private func readOutput(_ job: Job, _ s: OpaquePointer) throws(SSHError) -> Bool {
         var budget = Engine.readQuantum
-        for stream in [0, 1] {
-            while !job.finished {
-                let rc = buffer.withUnsafeMutableBufferPointer { buf in
-                    buf.baseAddress!.withMemoryRebound(to: CChar.self, capacity: buf.count) { p in
-                        libssh2_channel_read_ex(job.channel, Int32(stream), p, buf.count)
+        var received = -1
+        // Reading one stream reads the socket for all: it can queue the other stream's data
+        // (and the EOF) inside libssh2, where poll() cannot see it. Again, until nothing came.
+        while received != job.conn.received.pointee && !job.finished {
+            received = job.conn.received.pointee
+            for stream in [0, 1] {
+                while !job.finished {
+                    let rc = buffer.withUnsafeMutableBufferPointer { buf in
+                        buf.baseAddress!.withMemoryRebound(to: CChar.self, capacity: buf.count) { p in
+                            libssh2_channel_read_ex(job.channel, Int32(stream), p, buf.count)
+                        }
                     }
-                }
-                guard try check(rc, "reading output from \(job.label)", s) else { break }
-                if rc == 0 { break }
-                job.conn.lastInbound = monotonicNow()
-                let bytes = Array(buffer[0..<rc])
-                if stream == 0 {
-                    stdout(job, bytes)
-                } else {
-                    if job.stderrHead.count < 2048 { job.stderrHead += bytes.prefix(2048 - job.stderrHead.count) }
-                    emit(job, .output(id: job.target.id, stream: .stderr, bytes: bytes))
-                }
-                budget -= rc
-                if budget <= 0 {
-                    // Others' turn; come back without waiting for the socket (libssh2 may hold more).
-                    job.needsStep = true
-                    return false
+                    guard try check(rc, "reading output from \(job.label)", s) else { break }
+                    if rc == 0 { break }
+                    job.conn.lastInbound = monotonicNow()
+                    let bytes = Array(buffer[0..<rc])
+                    if stream == 0 {
+                        stdout(job, bytes)
+                    } else {
+                        if job.stderrHead.count < 2048 { job.stderrHead += bytes.prefix(2048 - job.stderrHead.count) }
+                        emit(job, .output(id: job.target.id, stream: .stderr, bytes: bytes))
+                    }
+                    budget -= rc
+                    if budget <= 0 {
+                        // Others' turn; come back without waiting for the socket (libssh2 may hold more).
+                        job.needsStep = true
+                        return false
+                    }
                 }
             }
         }

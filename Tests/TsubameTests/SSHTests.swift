@@ -621,6 +621,27 @@ struct SSHTests {
         #expect(runner.stats.connects == 1)
     }
 
+    @Test func lostConnectionEndsEveryTargetOnIt() throws {
+        let port = Fleet.ports.last!
+        let (runner, events) = makeRunner()
+        defer { runner.stop() }
+        var pids: [pid_t] = []
+        for id in Int64(240)...242 {
+            let pidFile = Fleet.tempPath("pid")
+            runner.submit(Fleet.target(id, "sleep 30 & echo $! > \(pidFile); echo started; wait", port: port))
+            pids.append(try #require(Fleet.readPid(pidFile)))
+        }
+        for id in Int64(240)...242 { #expect(events.waitOutput(id, contains: "started")) }
+        #expect(runner.stats.connects == 1)
+        for p in Fleet.connectionProcesses(port) { kill(p, SIGKILL) }
+        for id in Int64(240)...242 {
+            let outcome = events.outcome(id, within: 10)
+            #expect(failureKind(outcome) == .disconnected)
+            #expect(failureMessage(outcome).contains("127.0.0.1:\(port)"))
+        }
+        for pid in pids { kill(pid, SIGKILL) }
+    }
+
     @Test func serverRefusingChannelsGetsMoreConnections() throws {
         // OpenSSH with MaxSessions 2: a third channel on a connection is refused.
         let (port, stop) = try Fleet.startSSHD(["MaxSessions=2"])
