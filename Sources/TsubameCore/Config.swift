@@ -67,6 +67,8 @@ public struct Config: Sendable {
               help: "TCP connect + SSH handshake + authentication"),
         .init(name: "TSUBAME_SSH_IDLE_SECONDS", defaultValue: "0", kind: .int(0...3600), secret: false,
               help: "keep an authenticated SSH session per server open this long for the next run (0 = off)"),
+        .init(name: "TSUBAME_SSH_CHANNELS_PER_CONNECTION", defaultValue: "8", kind: .int(1...1000), secret: false,
+              help: "targets on one server (same account and credentials) that share one SSH connection, a channel each"),
         .init(name: "TSUBAME_OUTPUT_CAP_MB", defaultValue: "64", kind: .int(1...4096), secret: false,
               help: "output stored per execution; the rest is dropped with a system line"),
         .init(name: "TSUBAME_LOG_LEVEL", defaultValue: "info", kind: .enumeration(["debug", "info", "warn", "error"]),

@@ -28,6 +28,7 @@ public struct ExecutorSettings: Sendable {
     public var flushInterval = 0.05
     public var flushBytes = 64 << 10
     public var idleSessionSeconds = 0.0
+    public var channelsPerConnection = 8
 
     public init(id: String, databaseURL: String) { self.id = id; self.databaseURL = databaseURL }
 
@@ -42,6 +43,7 @@ public struct ExecutorSettings: Sendable {
         connectTimeout = Double(config.int("TSUBAME_SSH_CONNECT_TIMEOUT_SECONDS"))
         outputCapBytes = config.int("TSUBAME_OUTPUT_CAP_MB") << 20
         idleSessionSeconds = Double(config.int("TSUBAME_SSH_IDLE_SECONDS"))
+        channelsPerConnection = config.int("TSUBAME_SSH_CHANNELS_PER_CONNECTION")
     }
 }
 

@@ -43,7 +43,9 @@ signal(SIGPIPE, SIG_IGN)
 
 let settings = ExecutorSettings(config: config)
 let executor = Executor(settings: settings, box: box)
-let runner = SSHRunner(idleSessionSeconds: settings.idleSessionSeconds) { executor.handle($0) }
+let runner = SSHRunner(idleSessionSeconds: settings.idleSessionSeconds, channelsPerConnection: settings.channelsPerConnection) {
+    executor.handle($0)
+}
 runner.start()
 executor.start(runner: runner)
 Log.info("executor started", [("id", .string(settings.id)), ("capacity", .int(settings.capacity))])

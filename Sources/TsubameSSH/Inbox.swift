@@ -132,10 +132,11 @@ final class Inbox: @unchecked Sendable {
         return activeCount
     }
 
-    func count(connect: Bool = false, reuse: Bool = false, idle: Int? = nil) {
+    func count(connect: Bool = false, reuse: Bool = false, shared: Bool = false, idle: Int? = nil) {
         lock.lock()
         if connect { counters.connects += 1 }
         if reuse { counters.reuses += 1 }
+        if shared { counters.shared += 1 }
         if let idle { counters.idleSessions = idle }
         lock.unlock()
     }

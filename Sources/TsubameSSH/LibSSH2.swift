@@ -28,6 +28,37 @@ enum LibSSH2 {
         return String(decoding: UnsafeRawBufferPointer(start: message, count: Int(length)), as: UTF8.self)
     }
 
+    /// A new non-blocking session whose socket reads add the bytes they take to
+    /// `counter`: on a connection shared by several channels, one channel's call
+    /// may queue packets for the others inside libssh2, where poll() cannot see them.
+    static func session(counting counter: UnsafeMutablePointer<Int>) -> OpaquePointer? {
+        guard let s = libssh2_session_init_ex(nil, nil, nil, UnsafeMutableRawPointer(counter)) else { return nil }
+        let recv: @convention(c) (libssh2_socket_t, UnsafeMutableRawPointer?, Int, Int32, UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int = {
+            fd, buffer, length, flags, abstract in
+            let n = Foundation.recv(fd, buffer, length, flags)
+            // libssh2 wants -errno, as its own callback returns.
+            guard n >= 0 else { return errno == EWOULDBLOCK ? -Int(EAGAIN) : -Int(errno) }
+            if n > 0, let counter = abstract?.pointee?.assumingMemoryBound(to: Int.self) { counter.pointee += n }
+            return n
+        }
+        _ = libssh2_session_callback_set(s, LIBSSH2_CALLBACK_RECV, unsafeBitCast(recv, to: UnsafeMutableRawPointer.self))
+        libssh2_session_set_blocking(s, 0)
+        return s
+    }
+
+    /// Whether a libssh2 error concerns one channel only; any other error leaves
+    /// the whole session (and every channel on it) unusable.
+    static func channelLevel(_ code: Int32) -> Bool {
+        switch code {
+        case LIBSSH2_ERROR_CHANNEL_OUTOFORDER, LIBSSH2_ERROR_CHANNEL_FAILURE, LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED,
+             LIBSSH2_ERROR_CHANNEL_UNKNOWN, LIBSSH2_ERROR_CHANNEL_WINDOW_EXCEEDED, LIBSSH2_ERROR_CHANNEL_PACKET_EXCEEDED,
+             LIBSSH2_ERROR_CHANNEL_CLOSED, LIBSSH2_ERROR_CHANNEL_EOF_SENT:
+            return true
+        default:
+            return false
+        }
+    }
+
     /// The failure kind a libssh2 error code stands for, before the caller
     /// refines it with what it was doing.
     static func kind(of code: Int32) -> SSHFailureKind {
@@ -238,6 +269,24 @@ enum Shell {
     /// `value` as one single-quoted POSIX shell word.
     static func quote(_ value: String) -> String {
         "'" + value.replacingOccurrences(of: "'", with: "'\\''") + "'"
+    }
+
+    /// `value` as one word for whatever login shell sshd hands the command to:
+    /// POSIX single quotes, with `'` and `\` outside them (fish reads `\\` and
+    /// `\'` as escapes even inside single quotes). csh cannot take a newline
+    /// inside quotes at all: a multi-line inline script does not start there.
+    static func quoteForLoginShell(_ value: String) -> String {
+        var out: [UInt8] = [UInt8(ascii: "'")]
+        out.reserveCapacity(value.utf8.count + 16)
+        for c in value.utf8 {
+            switch c {
+            case UInt8(ascii: "'"): out += Array("'\\''".utf8)
+            case UInt8(ascii: "\\"): out += Array("'\\\\'".utf8)
+            default: out.append(c)
+            }
+        }
+        out.append(UInt8(ascii: "'"))
+        return String(decoding: out, as: UTF8.self)
     }
 
     /// Whether `name` may be exported by a POSIX shell.

@@ -2,8 +2,9 @@
 // Running shell scripts on many servers over SSH, with libssh2 behind Swift
 // types: no C type appears in this module's public interface.
 //
-// One event-loop thread (SSHRunner) drives every session in non-blocking mode
-// with poll(); see Engine.swift for the state machine and the remote wrapper.
+// One event-loop thread (SSHRunner) drives every connection in non-blocking
+// mode with poll(); see Engine.swift for the state machines, how jobs share
+// connections, and the remote wrapper.
 
 public import Foundation
 
@@ -24,10 +25,12 @@ public struct SSHTarget: Sendable {
     public var auth: SSHAuth
     /// "SHA256:<unpadded base64>" as `ssh-keygen -lf` prints it; nil = trust on first use.
     public var pinnedFingerprint: String?
-    /// Shell script text, run by /bin/sh on the server. It travels on the
-    /// channel's stdin, never on the command line, so its size is not limited by ARG_MAX.
+    /// Shell script text, run by /bin/sh on the server. A small one goes on the
+    /// command line; a larger one travels on the channel's stdin, so its size is not limited by ARG_MAX.
     public var script: String
-    /// Exported before the script runs (written into the script file; does not rely on sshd's AcceptEnv).
+    /// Exported before the script runs. The values travel on the channel's stdin
+    /// (or in the script's private file), never on the command line, which other
+    /// users of the server can see; this does not rely on sshd's AcceptEnv.
     public var environment: [(String, String)]
     /// Wall time from the start of the remote command; then its process group is killed → `.timedOut`.
     public var timeout: TimeInterval
@@ -97,6 +100,8 @@ public struct SSHRunnerStats: Sendable, Equatable {
     public var connects = 0
     /// Targets that ran on an idle session kept from an earlier target.
     public var reuses = 0
+    /// Targets that opened their channel on a connection other targets were using (or still opening).
+    public var shared = 0
     /// Authenticated sessions waiting for the next target on their server.
     public var idleSessions = 0
 }
@@ -119,9 +124,14 @@ public final class SSHRunner: @unchecked Sendable {
     /// - keepaliveSeconds: SSH keepalive interval on authenticated sessions
     ///   (0 = off); a session that answers nothing for three intervals while a
     ///   command runs is reported as `.disconnected`.
-    public init(idleSessionSeconds: Double = 0, keepaliveSeconds: Int = 15, onEvent: @escaping @Sendable (SSHEvent) -> Void) {
+    /// - channelsPerConnection: targets on the same server with the same
+    ///   account and credentials share one connection, a channel each, up to
+    ///   this many (a server that allows fewer sessions per connection gets more connections).
+    public init(idleSessionSeconds: Double = 0, keepaliveSeconds: Int = 15, channelsPerConnection: Int = 8,
+                onEvent: @escaping @Sendable (SSHEvent) -> Void) {
         inbox = Inbox()
-        engine = Engine(inbox: inbox, idleSeconds: idleSessionSeconds, keepaliveSeconds: keepaliveSeconds, onEvent: onEvent)
+        engine = Engine(inbox: inbox, idleSeconds: idleSessionSeconds, keepaliveSeconds: keepaliveSeconds,
+                        channelsPerConnection: channelsPerConnection, onEvent: onEvent)
     }
 
     /// Starts the event-loop thread (once). Raises RLIMIT_NOFILE's soft limit to the hard one.

@@ -122,6 +122,49 @@ enum Fleet {
     static func tempPath(_ name: String) -> String {
         shared + "/\(name)-\(UUID().uuidString.prefix(8))"
     }
+
+    /// `script` made too large for the inline command: it runs from a file.
+    static func fromFile(_ script: String) -> String {
+        script + "\n#" + String(repeating: "x", count: Job.inlineLimit) + "\n"
+    }
+
+    /// A private sshd like the fleet's, with `options` added (root only; loopback).
+    /// Returns its port and a function that stops it.
+    static func startSSHD(_ options: [String]) throws -> (port: Int, stop: () -> Void) {
+        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { _ = bind(probe, $0, len) } }
+        withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { _ = getsockname(probe, $0, &len) } }
+        close(probe)
+        let port = Int(UInt16(bigEndian: addr.sin_port))
+        let pidFile = dir + "/sshd-private-\(port).pid"
+        var args = ["-f", dir + "/sshd_config", "-E", dir + "/sshd-private-\(port).log",
+                    "-o", "ListenAddress=127.0.0.1:\(port)", "-o", "PidFile=\(pidFile)"]
+        for option in options { args += ["-o", option] }
+        _ = try run("/usr/sbin/sshd", args)
+        let pid = try #require(readPid(pidFile))
+        let stop = { _ = kill(pid, SIGTERM) }
+        // Until it accepts connections.
+        for _ in 0..<100 {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            addr.sin_port = in_port_t(UInt16(port).bigEndian)
+            let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, len) } }
+            close(fd)
+            if rc == 0 { return (port, stop) }
+            usleep(20_000)
+        }
+        stop()
+        throw CocoaError(.fileReadUnknown)
+    }
+
+    /// Connections sshd on `port` accepted since `mark` (its log's size then).
+    static func connections(_ port: Int, since mark: Int) -> Int {
+        usleep(100_000)
+        return log(port, from: mark).components(separatedBy: "Connection from").count - 1
+    }
 }
 
 /// Collects a runner's events and lets a test wait for them.
@@ -208,9 +251,9 @@ final class Events: @unchecked Sendable {
 }
 
 /// A started runner and its events; stopped by the test.
-func makeRunner(idle: Double = 0, keepalive: Int = 15) -> (SSHRunner, Events) {
+func makeRunner(idle: Double = 0, keepalive: Int = 15, channels: Int = 8) -> (SSHRunner, Events) {
     let events = Events()
-    let runner = SSHRunner(idleSessionSeconds: idle, keepaliveSeconds: keepalive) { events.record($0) }
+    let runner = SSHRunner(idleSessionSeconds: idle, keepaliveSeconds: keepalive, channelsPerConnection: channels) { events.record($0) }
     runner.start()
     return (runner, events)
 }
@@ -276,8 +319,11 @@ struct SSHTests {
         let (outcome, events) = runOne(Fleet.target(5, "echo before; exit 3"))
         #expect(outcome == .exited(3))
         #expect(events.output(5, .stdout) == "before\n")
-        // The wrapper (the script's parent) killed by a signal: reported as such.
-        let (signaled, killed) = runOne(Fleet.target(6, "echo \"$0\"; kill -s KILL $PPID"))
+        // The shell that runs the script killed by a signal: reported as such.
+        let (inline, _) = runOne(Fleet.target(6, "echo before; kill -s KILL $$; echo after"))
+        #expect(inline == .signaled("KILL"))
+        // From a file, the wrapper is the script's parent.
+        let (signaled, killed) = runOne(Fleet.target(6, Fleet.fromFile("echo \"$0\"; kill -s KILL $PPID")))
         #expect(signaled == .signaled("KILL"))
         // The script file is gone all the same (it removes itself once the shell has it open).
         let file = killed.output(6, .stdout).trimmingCharacters(in: .whitespacesAndNewlines)
@@ -288,13 +334,19 @@ struct SSHTests {
         #expect(missing == .exited(127))
     }
 
-    @Test func environmentReachesTheScript() {
-        let tricky = "it's \"quoted\" $HOME `date` \\ \n second line\t!"
-        let env = [("TRICKY", tricky), ("EMPTY", ""), ("_under_2", "x")]
-        let (outcome, events) = runOne(Fleet.target(8, "printf '%s|%s|%s' \"$TRICKY\" \"$EMPTY\" \"$_under_2\"; env | grep -c '^_under_2=x$' >&2",
-                                                    env: env))
+    @Test(arguments: [false, true])
+    func environmentReachesTheScript(fromFile: Bool) {
+        let tricky = "it's \"quoted\" $HOME `date` \\ \n second line\t!\n3\nexport X=1\n"
+        // Also names the inline form's own variables use: the script sees the values it was given.
+        let env = [("TRICKY", tricky), ("EMPTY", ""), ("_under_2", "x"), ("_tsubame_n", "n"), ("_tsubame_env", "e")]
+        var script = "printf '%s|%s|%s|%s|%s|%s' \"$TRICKY\" \"$EMPTY\" \"$_under_2\" \"$_tsubame_n\" \"$_tsubame_env\" \"${X-unset}\"; "
+            + "env | grep -c '^_under_2=x$' >&2; if read -r line; then echo \"stdin: $line\"; fi"
+        if fromFile { script = Fleet.fromFile(script) }
+        #expect(Job.remote(Fleet.target(8, script, env: env)).inline == !fromFile)
+        let (outcome, events) = runOne(Fleet.target(8, script, env: env))
         #expect(outcome == .exited(0))
-        #expect(events.output(8, .stdout) == tricky + "||x")
+        // The script's stdin is empty (it was the environment's, or the file's).
+        #expect(events.output(8, .stdout) == tricky + "||x|n|e|unset")
         #expect(events.output(8, .stderr) == "1\n")
         let (bad, _) = runOne(Fleet.target(9, "true", env: [("1BAD", "x")]))
         #expect(failureKind(bad) == .protocolError)
@@ -314,6 +366,39 @@ struct SSHTests {
         let (outcome, events) = runOne(Fleet.target(10, script))
         #expect(outcome == .exited(0))
         #expect(events.output(10, .stdout) == "n=20\n")
+    }
+
+    @Test func inlineAndFileFormsAgree() {
+        let scripts = ["echo out; echo err >&2; exit 7", "printf 'a\\\\b\\n'; echo 'it'\\''s'; echo \"$0\" >/dev/null", "true", ""]
+        for (i, script) in scripts.enumerated() {
+            let id = Int64(60 + i)
+            #expect(Job.remote(Fleet.target(id, script)).inline)
+            let (inline, a) = runOne(Fleet.target(id, script))
+            let (file, b) = runOne(Fleet.target(id, Fleet.fromFile(script)))
+            #expect(inline == file, "\(script)")
+            #expect(a.output(id, .stdout) == b.output(id, .stdout) && a.output(id, .stderr) == b.output(id, .stderr), "\(script)")
+        }
+        let (outcome, events) = runOne(Fleet.target(64, scripts[1]))
+        #expect(outcome == .exited(0) && events.output(64, .stdout) == "a\\b\nit's\n")
+        // A NUL byte cannot be in an argument; a large environment is not read a byte at a time.
+        #expect(!Job.remote(Fleet.target(65, "echo a\0b")).inline)
+        #expect(!Job.remote(Fleet.target(65, "true", env: [("BIG", String(repeating: "v", count: Job.inlineLimit))])).inline)
+    }
+
+    @Test(arguments: [false, true])
+    func secretsAreNotOnAnyCommandLine(fromFile: Bool) {
+        let secret = "s3cret-" + UUID().uuidString
+        // Every command line on the server while the script runs (its own and its ancestors' among them).
+        var script = "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' <\"$f\"; echo; done 2>/dev/null; echo --; printf %s \"$TOKEN\""
+        if fromFile { script = Fleet.fromFile(script) }
+        let (outcome, events) = runOne(Fleet.target(66, script, env: [("PLAIN", "p"), ("TOKEN", secret)]))
+        #expect(outcome == .exited(0))
+        let parts = events.output(66, .stdout).components(separatedBy: "--\n")
+        #expect(parts.count == 2)
+        #expect(parts.last == secret, "the secret reached the script")
+        let lines = parts.first ?? ""
+        #expect(lines.contains(fromFile ? "mktemp" : "/proc/[0-9]*/cmdline"), "the wrapper's own command line is among them")
+        #expect(!lines.contains(secret), "the secret is on a command line")
     }
 
     @Test func largeOutputArrivesWhole() {
@@ -481,6 +566,106 @@ struct SSHTests {
         // Concurrent: 50 × 0.2 s of sleep took far less than 10 s.
         #expect(Date().timeIntervalSince(started) < 8)
         #expect(runner.activeCount == 0)
+    }
+
+    @Test func concurrentTargetsShareAConnection() {
+        let port = Fleet.ports[Fleet.ports.count > 2 ? 2 : 0]
+        let (runner, events) = makeRunner()
+        defer { runner.stop() }
+        let mark = Fleet.logSize(port)
+        let started = Date()
+        for i in 0..<8 {
+            runner.submit(Fleet.target(Int64(200 + i), "echo \"target \(i)\"; echo err\(i) >&2; sleep 0.5; exit \(i % 3)", port: port))
+        }
+        #expect(events.wait(20) { $0.filter { if case .finished = $0 { return true }; return false }.count == 8 })
+        for i in 0..<8 {
+            let id = Int64(200 + i)
+            #expect(events.outcome(id, within: 0) == .exited(Int32(i % 3)))
+            #expect(events.output(id, .stdout) == "target \(i)\n" && events.output(id, .stderr) == "err\(i)\n")
+            #expect(events.hostKeys(id).count == 1 && events.started(id))
+        }
+        #expect(Date().timeIntervalSince(started) < 3, "they ran at once")
+        #expect(runner.stats.connects == 1 && runner.stats.shared == 7)
+        #expect(Fleet.connections(port, since: mark) == 1)
+
+        // Over the limit per connection: another connection.
+        let (small, more) = makeRunner(channels: 3)
+        defer { small.stop() }
+        for i in 0..<7 { small.submit(Fleet.target(Int64(210 + i), "echo \(i)", port: port)) }
+        #expect(more.wait(20) { $0.filter { if case .finished = $0 { return true }; return false }.count == 7 })
+        for i in 0..<7 { #expect(more.outcome(Int64(210 + i), within: 0) == .exited(0) && more.output(Int64(210 + i), .stdout) == "\(i)\n") }
+        #expect(small.stats.connects == 3)
+    }
+
+    @Test func cancelOnASharedConnectionKillsOnlyThatTarget() throws {
+        let (runner, events) = makeRunner()
+        defer { runner.stop() }
+        var pids: [Int64: pid_t] = [:]
+        for id in Int64(220)...222 {
+            let pidFile = Fleet.tempPath("pid")
+            runner.submit(Fleet.target(id, "sleep \(id == 221 ? 300 : 2) & echo $! > \(pidFile); echo running; wait; echo done"))
+            pids[id] = try #require(Fleet.readPid(pidFile))
+        }
+        for id in Int64(220)...222 { #expect(events.waitOutput(id, contains: "running")) }
+        #expect(runner.stats.connects == 1)
+        let asked = Date()
+        runner.cancel(id: 221)
+        #expect(events.outcome(221, within: 5) == .cancelled)
+        #expect(Date().timeIntervalSince(asked) < 2)
+        #expect(Fleet.gone(pids[221]!, within: 2))
+        // The others ran on to their end.
+        for id in [Int64(220), 222] {
+            #expect(events.outcome(id, within: 10) == .exited(0))
+            #expect(events.output(id, .stdout) == "running\ndone\n")
+        }
+        #expect(runner.stats.connects == 1)
+    }
+
+    @Test func lostConnectionEndsEveryTargetOnIt() throws {
+        let port = Fleet.ports.last!
+        let (runner, events) = makeRunner()
+        defer { runner.stop() }
+        var pids: [pid_t] = []
+        for id in Int64(240)...242 {
+            let pidFile = Fleet.tempPath("pid")
+            runner.submit(Fleet.target(id, "sleep 30 & echo $! > \(pidFile); echo started; wait", port: port))
+            pids.append(try #require(Fleet.readPid(pidFile)))
+        }
+        for id in Int64(240)...242 { #expect(events.waitOutput(id, contains: "started")) }
+        #expect(runner.stats.connects == 1)
+        for p in Fleet.connectionProcesses(port) { kill(p, SIGKILL) }
+        for id in Int64(240)...242 {
+            let outcome = events.outcome(id, within: 10)
+            #expect(failureKind(outcome) == .disconnected)
+            #expect(failureMessage(outcome).contains("127.0.0.1:\(port)"))
+        }
+        for pid in pids { kill(pid, SIGKILL) }
+    }
+
+    @Test func serverRefusingChannelsGetsMoreConnections() throws {
+        // OpenSSH with MaxSessions 2: a third channel on a connection is refused.
+        let (port, stop) = try Fleet.startSSHD(["MaxSessions=2"])
+        defer { stop() }
+        let (runner, events) = makeRunner()
+        defer { runner.stop() }
+        var pids: [Int64: pid_t] = [:]
+        for id in Int64(230)...234 {
+            let pidFile = Fleet.tempPath("pid")
+            runner.submit(Fleet.target(id, "sleep \(id == 230 ? 300 : 1) & echo $! > \(pidFile); echo running; wait; echo done", port: port))
+            pids[id] = try #require(Fleet.readPid(pidFile))
+        }
+        for id in Int64(230)...234 { #expect(events.waitOutput(id, contains: "running")) }
+        #expect(runner.stats.connects >= 3)
+        // Its connection is full (its own channel and another's): the kill goes over another connection.
+        let asked = Date()
+        runner.cancel(id: 230)
+        #expect(events.outcome(230, within: 5) == .cancelled)
+        #expect(Date().timeIntervalSince(asked) < 2)
+        #expect(Fleet.gone(pids[230]!, within: 2), "the remote sleep was not killed")
+        for id in Int64(231)...234 {
+            #expect(events.outcome(id, within: 10) == .exited(0))
+            #expect(events.output(id, .stdout) == "running\ndone\n")
+        }
     }
 
     @Test func idleSessionIsReused() throws {
