@@ -742,7 +742,8 @@ def output_throughput(a, jobs, aio):
         if r:
             runs.append(r)
             log(f"tsubame capture: {OUTPUT_BYTES / 1e6:.0f} MB in {r['seconds']:.2f} s = {r['mb_s']:.1f} MB/s, "
-                f"{r['chunks']} chunks, executor peak RSS {r['rss_peak_mb'] if r['rss_peak_mb'] is not None else r['rss_sampled_peak_mb']:.1f} MiB"
+                f"{r['chunks']} chunks, executor peak RSS {r['rss_peak_mb'] if r['rss_peak_mb'] is not None else r['rss_sampled_peak_mb']:.1f} MiB; "
+                f"CPU s: " + ", ".join(f"{k} {v:.2f}" for k, v in r["cpu"].items() if k not in ("driver", "pool+nginx"))
                 + (f" (run {i + 1} of {OUTPUT_RUNS})" if OUTPUT_RUNS > 1 else ""))
     if runs:
         # The median run by time; the highest peak RSS of all runs.
@@ -784,6 +785,7 @@ def tsubame_output_once(a, jobs, pid):
     sampler = RSSSampler(pid)
     sampler.start()
     try:
+        cpu0 = cpu_groups()
         t0, ex = run_job(a, jobs["throughput"])
         end = time.time() + 600
         while True:
@@ -793,6 +795,8 @@ def tsubame_output_once(a, jobs, pid):
             if time.time() > end:
                 raise CheckFailed(f"execution {ex} still {e['status']} after 600 s")
             time.sleep(0.1)
+        # CPU seconds per group for the run (up to ~0.1 s after it finished; before the checks below).
+        cpu = cpu_delta(cpu0, cpu_groups())
         sampler.stop.set()
         sampler.join()
         wall = parse_ts(e["finished_at"]) - t0
@@ -809,7 +813,7 @@ def tsubame_output_once(a, jobs, pid):
         hwm = vm(pid, "VmHWM") if reset_ok else None
         return {"seconds": round(wall, 3), "mb_s": round(OUTPUT_BYTES / 1e6 / wall, 2),
                 "stored_bytes": stored, "chunks": nchunks, "rss_peak_mb": hwm,
-                "rss_sampled_peak_mb": round(sampler.peak, 1), "peak_reset": reset_ok}
+                "rss_sampled_peak_mb": round(sampler.peak, 1), "peak_reset": reset_ok, "cpu": cpu}
     except Exception as exc:  # noqa: BLE001
         sampler.stop.set()
         error("tsubame throughput", exc)
