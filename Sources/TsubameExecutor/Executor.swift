@@ -31,8 +31,8 @@ public struct ExecutorSettings: Sendable {
     public var flushBytes = 64 << 10
     /// Under load, one write (one statement, one commit) takes up to this much of one execution's output. Measured
     /// (scripts/bench exec, 200 MB): PostgreSQL spends ~1 ms of CPU per statement besides the bytes, so 256 KiB
-    /// statements cost it 1.2-1.5 CPU s, 1 MiB 0.6 s, 4 MiB 0.3-0.4 s; the event queue (4 MiB) bounds it anyway.
-    public var statementBytes = 4 << 20
+    /// statements cost it 1.2-1.5 CPU s, 1 MiB 0.6 s, 2 MiB 0.45 s, 4 MiB 0.3-0.4 s (but ~5 MiB more executor RSS).
+    public var statementBytes = 2 << 20
     public var idleSessionSeconds = 0.0
 
     public init(id: String, databaseURL: String) { self.id = id; self.databaseURL = databaseURL }
