@@ -241,24 +241,35 @@ public final class Executor: @unchecked Sendable {
         /// The output cap's system line is among the pieces.
         var truncated = false
 
-        mutating func add(_ t: ActiveTarget, stream: String, bytes data: [UInt8], countBytes: Bool, executor: Executor) {
+        mutating func add(_ t: ActiveTarget, stream: String, bytes: [UInt8], countBytes: Bool, executor: Executor) {
             let execution = t.claim.executionID
+            var data = bytes
             if pieces.isEmpty { since = Date() }
             if countBytes {
-                let total = (executor.written[execution] ?? 0) + data.count
-                if total > executor.settings.outputCapBytes {
-                    if !executor.truncated.contains(execution) {
-                        executor.truncated.insert(execution)
-                        truncated = true
-                        pieces.append(LogPiece(serverID: t.claim.serverID, stream: "system",
-                                               data: "output limit of \(executor.settings.outputCapBytes >> 20) MiB reached: further output of this execution is dropped (the job keeps running)\n",
-                                               targetID: t.claim.id))
-                    }
+                // Past the cap nothing more is kept, not even a smaller piece that would still fit.
+                if executor.truncated.contains(execution) { return }
+                let written = executor.written[execution] ?? 0
+                if written + data.count > executor.settings.outputCapBytes {
+                    // Keep the cap's worth exactly (cut on a UTF-8 boundary), then say so once.
+                    let cut = OutputMasker.utf8Boundary(data, at: max(0, executor.settings.outputCapBytes - written))
+                    data = Array(data[..<cut])
+                    executor.truncated.insert(execution)
+                    truncated = true
+                    if !data.isEmpty { append(t, stream: stream, data: data, executor: executor) }
+                    executor.written[execution] = written + data.count
+                    self.bytes += data.count
+                    pieces.append(LogPiece(serverID: t.claim.serverID, stream: "system",
+                                           data: "output limit of \(executor.settings.outputCapBytes >> 20) MiB reached: further output of this execution is dropped (the job keeps running)\n",
+                                           targetID: t.claim.id))
                     return
                 }
-                executor.written[execution] = total
-                bytes += data.count
+                executor.written[execution] = written + data.count
+                self.bytes += data.count
             }
+            append(t, stream: stream, data: data, executor: executor)
+        }
+
+        private mutating func append(_ t: ActiveTarget, stream: String, data: [UInt8], executor: Executor) {
             // Merge consecutive output of one target and stream into one chunk.
             let n = pieces.count
             if n > 0, pieces[n - 1].stream == stream, pieces[n - 1].targetID == t.claim.id, stream != "system",

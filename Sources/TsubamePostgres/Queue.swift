@@ -200,8 +200,12 @@ public enum Queue {
         }
     }
 
-    /// When no target is queued or running, sets the execution's final status and exit code.
+    /// When no target is queued or running, sets the execution's final status and exit code. Call it in the
+    /// transaction that changed a target: it locks the execution row first, so of two executors finishing the
+    /// last two targets at once, the second waits for the first to commit and then sees both targets finished
+    /// (without the lock each saw the other's target still running and the execution stayed `running`).
     public static func finalizeIfDone(_ db: PGConnection, executionID: Int64) throws {
+        try db.query("SELECT 1 FROM executions WHERE id = $1 FOR UPDATE", [executionID])
         try db.query("""
             UPDATE executions e SET
                 status = CASE
