@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: MIT
 // Turns one output stream's bytes into text that is safe to store: secret
 // values masked as *** even when a secret straddles two reads, UTF-8 never
-// split between chunks, invalid UTF-8 and NUL replaced.
+// split between chunks, invalid UTF-8 and NUL replaced. It works on bytes
+// from end to end: the usual output (valid UTF-8, no secret in it) passes
+// through with one scan and no conversion to String.
 
 public struct OutputMasker: Sendable {
     let secrets: [[UInt8]]
@@ -15,23 +17,36 @@ public struct OutputMasker: Sendable {
     }
 
     /// Feeds bytes; returns the text that can be stored now (maybe empty).
-    public mutating func feed(_ bytes: [UInt8]) -> String {
+    public mutating func feed(_ bytes: [UInt8]) -> String { String(decoding: feedBytes(bytes), as: UTF8.self) }
+
+    /// Everything still held back (call at end of stream).
+    public mutating func flush() -> String { String(decoding: flushBytes(), as: UTF8.self) }
+
+    /// Feeds bytes; returns what can be stored now as UTF-8 bytes (valid, without NUL; maybe empty).
+    public mutating func feedBytes(_ bytes: [UInt8]) -> [UInt8] {
+        if pending.isEmpty && secrets.isEmpty {
+            // Nothing held back and nothing to mask: only a UTF-8 sequence cut at the end waits for the next read.
+            let cut = OutputMasker.utf8Boundary(bytes, at: bytes.count)
+            if cut == bytes.count { return OutputMasker.clean(bytes) }
+            pending = Array(bytes[cut...])
+            return OutputMasker.clean(Array(bytes[..<cut]))
+        }
         pending += bytes
         mask()
         var cut = pending.count - holdBack
-        if cut <= 0 { return "" }
+        if cut <= 0 { return [] }
         cut = OutputMasker.utf8Boundary(pending, at: cut)
         let out = Array(pending[0..<cut])
         pending.removeFirst(cut)
-        return OutputMasker.text(out)
+        return OutputMasker.clean(out)
     }
 
-    /// Everything still held back (call at end of stream).
-    public mutating func flush() -> String {
+    /// Everything still held back, as UTF-8 bytes (call at end of stream).
+    public mutating func flushBytes() -> [UInt8] {
         mask()
         let out = pending
         pending = []
-        return OutputMasker.text(out)
+        return OutputMasker.clean(out)
     }
 
     /// Bytes held back waiting for more input.
@@ -71,11 +86,38 @@ public struct OutputMasker: Sendable {
         return i + need > cut ? i : cut
     }
 
-    static func text(_ bytes: [UInt8]) -> String {
-        if bytes.contains(0) {
-            return String(decoding: bytes, as: UTF8.self).replacingOccurrences(of: "\0", with: "\u{FFFD}")
+    /// True when every byte is ASCII other than NUL (checked 8 bytes at a time).
+    static func isPlainASCII(_ bytes: [UInt8]) -> Bool {
+        bytes.withUnsafeBytes { raw -> Bool in
+            let n = raw.count
+            var i = 0
+            let high: UInt64 = 0x8080_8080_8080_8080, ones: UInt64 = 0x0101_0101_0101_0101
+            while i + 8 <= n {
+                let w = raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+                // A high bit set (non-ASCII), or a zero byte (the classic "has zero byte" test).
+                if w & high != 0 || (w &- ones) & ~w & high != 0 { return false }
+                i += 8
+            }
+            while i < n {
+                let b = raw[i]
+                if b == 0 || b >= 0x80 { return false }
+                i += 1
+            }
+            return true
         }
-        // Valid UTF-8 (the usual case) is taken as is; otherwise invalid sequences become U+FFFD.
-        return String(validating: bytes, as: UTF8.self) ?? String(decoding: bytes, as: UTF8.self)
     }
+
+    /// The bytes as storable text: unchanged when valid UTF-8 without NUL, else with U+FFFD for each bad sequence and NUL.
+    static func clean(_ bytes: [UInt8]) -> [UInt8] {
+        if isPlainASCII(bytes) { return bytes }
+        if !bytes.contains(0), String(validating: bytes, as: UTF8.self) != nil { return bytes }
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count + 16)
+        for scalar in String(decoding: bytes, as: UTF8.self).unicodeScalars {
+            UTF8.encode(scalar == "\0" ? "\u{FFFD}" : scalar) { out.append($0) }
+        }
+        return out
+    }
+
+    static func text(_ bytes: [UInt8]) -> String { String(decoding: clean(bytes), as: UTF8.self) }
 }

@@ -20,8 +20,13 @@ public struct PGError: Error, CustomStringConvertible, Sendable {
     public var isForeignKeyViolation: Bool { sqlState == "23503" }
 }
 
-/// A value bound to a `$n` parameter, sent in text format.
-public protocol PGParameter { var pgText: String? { get } }
+/// A value bound to a `$n` parameter, sent in text format, or in binary format when `pgBinary` is not nil.
+public protocol PGParameter {
+    var pgText: String? { get }
+    /// The value in PostgreSQL's binary format for the parameter's type (the statement must fix that type with a cast).
+    var pgBinary: [UInt8]? { get }
+}
+extension PGParameter { public var pgBinary: [UInt8]? { nil } }
 extension String: PGParameter { public var pgText: String? { self } }
 extension Int: PGParameter { public var pgText: String? { String(self) } }
 extension Int64: PGParameter { public var pgText: String? { String(self) } }
@@ -61,6 +66,27 @@ public struct TextArray: PGParameter, Sendable {
         }
         out.append(0x7D)
         return String(decoding: out, as: UTF8.self)
+    }
+}
+/// A text[] parameter of UTF-8 byte strings, sent in binary format: no escaping here, no parsing in the server.
+/// Each item must be valid UTF-8 without NUL (the server checks and refuses the statement otherwise).
+/// The statement must cast it: `$n::text[]`.
+public struct BinaryTextArray: PGParameter, Sendable {
+    public let items: [[UInt8]]
+    public init(_ items: [[UInt8]]) { self.items = items }
+    public var pgText: String? { TextArray(items.map { String(decoding: $0, as: UTF8.self) }).pgText }
+    public var pgBinary: [UInt8]? {
+        // array_recv: ndim, has-nulls flag, element type (text = 25), then length and lower bound per dimension,
+        // then each element as length + bytes. Integers are big-endian.
+        var out: [UInt8] = []
+        out.reserveCapacity(20 + items.reduce(0) { $0 + 4 + $1.count })
+        func int32(_ v: Int32) { withUnsafeBytes(of: v.bigEndian) { out.append(contentsOf: $0) } }
+        int32(1); int32(0); int32(25); int32(Int32(items.count)); int32(1)
+        for item in items {
+            int32(Int32(item.count))
+            out.append(contentsOf: item)
+        }
+        return out
     }
 }
 /// A bigint[] parameter.
@@ -179,13 +205,57 @@ public final class PGConnection: @unchecked Sendable {
             _ = try consume(r, operation: "prepare")
             prepared[sql] = name
         }
-        let texts = params.map { $0.pgText }
-        let cStrings: [UnsafeMutablePointer<CChar>?] = texts.map { $0.map { strdup($0) } ?? nil }
-        defer { cStrings.forEach { free($0) } }
-        let r = cStrings.map { UnsafePointer($0) }.withUnsafeBufferPointer { buf in
-            PQexecPrepared(c, name, Int32(params.count), buf.baseAddress, nil, nil, 0)
+        // Text values as NUL-terminated copies; binary values are passed from their own arrays (no copy here).
+        var texts: [UnsafeMutablePointer<CChar>?] = []
+        var binaries: [[UInt8]] = []
+        var lengths: [Int32] = []
+        var formats: [Int32] = []
+        defer { texts.forEach { free($0) } }
+        for p in params {
+            if let bin = p.pgBinary {
+                texts.append(nil)
+                binaries.append(bin)
+                lengths.append(Int32(bin.count))
+                formats.append(1)
+            } else {
+                texts.append(p.pgText.map { strdup($0) } ?? nil)
+                lengths.append(0)
+                formats.append(0)
+            }
+        }
+        let r = PGConnection.withBinaryPointers(binaries, [], 0) { binPointers -> OpaquePointer? in
+            var next = 0
+            var values: [UnsafePointer<CChar>?] = []
+            values.reserveCapacity(params.count)
+            for (i, t) in texts.enumerated() {
+                if formats[i] == 1 { values.append(binPointers[next]); next += 1 } else { values.append(UnsafePointer(t)) }
+            }
+            return values.withUnsafeBufferPointer { buf in
+                lengths.withUnsafeBufferPointer { lens in
+                    formats.withUnsafeBufferPointer { fmts in
+                        PQexecPrepared(c, name, Int32(params.count), buf.baseAddress, binaries.isEmpty ? nil : lens.baseAddress,
+                                       binaries.isEmpty ? nil : fmts.baseAddress, 0)
+                    }
+                }
+            }
         }
         return try consume(r, operation: "query")
+    }
+
+    nonisolated(unsafe) private static let emptyValue: UnsafeMutablePointer<CChar> = {
+        let p = UnsafeMutablePointer<CChar>.allocate(capacity: 1)
+        p.pointee = 0
+        return p
+    }()
+
+    /// Calls `body` with a pointer to each array's bytes, valid for the duration of the call.
+    private static func withBinaryPointers<R>(_ arrays: [[UInt8]], _ done: [UnsafePointer<CChar>?], _ i: Int,
+                                              _ body: ([UnsafePointer<CChar>?]) -> R) -> R {
+        if i == arrays.count { return body(done) }
+        return arrays[i].withUnsafeBytes { raw in
+            // An empty value still needs a pointer: NULL would mean SQL NULL.
+            withBinaryPointers(arrays, done + [UnsafePointer(raw.baseAddress?.assumingMemoryBound(to: CChar.self) ?? UnsafePointer(emptyValue))], i + 1, body)
+        }
     }
 
     /// Runs `body` in a transaction: committed when it returns, rolled back when it throws.

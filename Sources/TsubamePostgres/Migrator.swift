@@ -29,6 +29,7 @@ public enum Migrator {
         let files: [(String, [UInt8])] = [
             ("0001_initial.sql", PackageResources._001_initial_sql),
             ("0002_executions.sql", PackageResources._002_executions_sql),
+            ("0003_log_chunks_lz4.sql", PackageResources._003_log_chunks_lz4_sql),
             ("0004_events.sql", PackageResources._004_events_sql),
         ]
         return files.map { file, bytes in

@@ -26,12 +26,21 @@ public struct ClaimedTarget: Sendable, Equatable {
     public let retries: Int
 }
 
-/// One piece of output to store.
+/// One piece of output to store: UTF-8 bytes (valid, without NUL), the stream, and the target whose lease fences it.
 public struct LogPiece: Sendable, Equatable {
     public let serverID: Int64?
     public let stream: String
-    public let data: String
-    public init(serverID: Int64?, stream: String, data: String) { self.serverID = serverID; self.stream = stream; self.data = data }
+    /// The target that produced it: when set, the piece is stored only while that target is `running` on the
+    /// executor named in `appendLog` (a write after a lost lease is dropped).
+    public var targetID: Int64?
+    public var bytes: [UInt8]
+    public var data: String { String(decoding: bytes, as: UTF8.self) }
+    public init(serverID: Int64?, stream: String, data: String, targetID: Int64? = nil) {
+        self.init(serverID: serverID, stream: stream, bytes: Array(data.utf8), targetID: targetID)
+    }
+    public init(serverID: Int64?, stream: String, bytes: [UInt8], targetID: Int64? = nil) {
+        self.serverID = serverID; self.stream = stream; self.bytes = bytes; self.targetID = targetID
+    }
 }
 
 public enum Queue {
@@ -133,31 +142,38 @@ public enum Queue {
             """, [executor]).map { $0.int64("id") }
     }
 
-    /// Appends output of one execution, fenced by the target's lease; NOTIFY follows the rows (it is sent at commit).
-    /// Returns false when the target is no longer ours (the output is dropped).
+    /// Appends output of one execution in one statement (so one round trip and one commit when no transaction is open):
+    /// seq comes from `executions.last_seq` under its row lock, so seq order is commit order, and the NOTIFY is
+    /// delivered at commit, after the rows. A piece with a target (its own `targetID`, else `targetID` here) is kept
+    /// only while that target is `running` on `executor`; the others are dropped without using a seq.
+    /// `output_bytes` grows by the stdout/stderr bytes kept; `truncated` sets `output_truncated` (when anything was kept).
+    /// Returns false when nothing was kept.
     @discardableResult
-    public static func appendLog(_ db: PGConnection, executionID: Int64, targetID: Int64?, executor: String?, pieces: [LogPiece],
-                                 outputBytes: Int = 0) throws -> Bool {
+    public static func appendLog(_ db: PGConnection, executionID: Int64, targetID: Int64? = nil, executor: String? = nil,
+                                 pieces: [LogPiece], truncated: Bool = false) throws -> Bool {
         guard !pieces.isEmpty else { return true }
-        return try db.transaction { () throws -> Bool in
-            if let targetID, let executor {
-                let held = try db.query("SELECT 1 FROM execution_targets WHERE id = $1 AND executor_id = $2 AND status = 'running'",
-                                        [targetID, executor])
-                if held.isEmpty { return false }
-            }
-            let last = try db.query("""
-                UPDATE executions SET last_seq = last_seq + $2, output_bytes = output_bytes + $3 WHERE id = $1 RETURNING last_seq
-                """, [executionID, pieces.count, outputBytes])[0].int64("last_seq")
-            let first = last - Int64(pieces.count) + 1
-            try db.query("""
+        // The data array is only subscripted: its 64 KiB items are never copied into a CTE or a sort, only into the row.
+        let rows = try db.query("""
+            WITH k AS (
+                SELECT n, st, row_number() OVER (ORDER BY n) AS r
+                FROM unnest($4::text[], $6::bigint[]) WITH ORDINALITY AS t(st, tg, n)
+                WHERE tg IS NULL OR EXISTS (SELECT 1 FROM execution_targets x
+                                            WHERE x.id = t.tg AND x.executor_id = $2::text AND x.status = 'running')
+            ), u AS (
+                UPDATE executions e SET last_seq = e.last_seq + c.n, output_bytes = e.output_bytes + c.bytes,
+                                        output_truncated = e.output_truncated OR $8::boolean
+                FROM (SELECT count(*) AS n,
+                             coalesce(sum(octet_length(($5::text[])[n])) FILTER (WHERE st <> 'system'), 0) AS bytes FROM k) c
+                WHERE e.id = $1::bigint AND c.n > 0
+                RETURNING e.last_seq, c.n
+            ), i AS (
                 INSERT INTO log_chunks (execution_id, seq, server_id, stream, data)
-                SELECT $1, $2 + n - 1, s, st, d
-                FROM unnest($3::bigint[], $4::text[], $5::text[]) WITH ORDINALITY AS t(s, st, d, n)
-                """, [executionID, first, NullableInt64Array(pieces.map(\.serverID)), TextArray(pieces.map(\.stream)),
-                      TextArray(pieces.map(\.data))])
-            try db.query("SELECT pg_notify($1, $2)", [logChannel, "\(executionID):\(last)"])
-            return true
-        }
+                SELECT $1::bigint, u.last_seq - u.n + k.r, ($3::bigint[])[k.n], k.st, ($5::text[])[k.n] FROM u, k
+            )
+            SELECT u.n AS kept, pg_notify($7::text, $1::bigint || ':' || u.last_seq) FROM u
+            """, [executionID, executor, NullableInt64Array(pieces.map(\.serverID)), TextArray(pieces.map(\.stream)),
+                  BinaryTextArray(pieces.map(\.bytes)), NullableInt64Array(pieces.map { $0.targetID ?? targetID }), logChannel, truncated])
+        return !rows.isEmpty
     }
 
     /// The final (or retried) state of a target this executor ran. Returns false when the lease was lost meanwhile.
@@ -184,8 +200,12 @@ public enum Queue {
         }
     }
 
-    /// When no target is queued or running, sets the execution's final status and exit code.
+    /// When no target is queued or running, sets the execution's final status and exit code. Call it in the
+    /// transaction that changed a target: it locks the execution row first, so of two executors finishing the
+    /// last two targets at once, the second waits for the first to commit and then sees both targets finished
+    /// (without the lock each saw the other's target still running and the execution stayed `running`).
     public static func finalizeIfDone(_ db: PGConnection, executionID: Int64) throws {
+        try db.query("SELECT 1 FROM executions WHERE id = $1 FOR UPDATE", [executionID])
         try db.query("""
             UPDATE executions e SET
                 status = CASE

@@ -55,12 +55,13 @@ struct ExecutorTests {
         admin.login("admin")
     }
 
-    func start(_ runner: FakeRunner, lease: Int = 30) -> Executor {
+    func start(_ runner: FakeRunner, lease: Int = 30, outputCapBytes: Int? = nil) -> Executor {
         var s = ExecutorSettings(id: "test-exec-\(UUID().uuidString.prefix(6))", databaseURL: url)
         s.pollSeconds = 0.1
         s.heartbeatSeconds = 0.2
         s.leaseSeconds = lease
         s.flushInterval = 0.01
+        if let outputCapBytes { s.outputCapBytes = outputCapBytes }
         let e = Executor(settings: s, box: app.box)
         runner.onEvent = { e.handle($0) }
         e.start(runner: runner)
@@ -149,6 +150,137 @@ struct ExecutorTests {
         #expect(admin.get("/api/v1/executions/\(id)/log.txt").text.contains("cancelled after"))
     }
 
+    /// Output of `count` reads of `size` bytes each: numbered lines, a secret cut in two by every read boundary.
+    static func bigOutput(count: Int, size: Int, secret: String) -> [(SSHStream, String)] {
+        var text = ""
+        var n = 0
+        while text.utf8.count < count * size {
+            text += String(format: "line %07d 0123456789abcdef é %@\n", n, n % 97 == 0 ? secret : "-")
+            n += 1
+        }
+        let bytes = Array(text.utf8.prefix(count * size))
+        // Cut on UTF-8 boundaries only in the String conversion: FakeRunner sends each piece's bytes as they are.
+        var out: [(SSHStream, String)] = []
+        var i = 0
+        while i < bytes.count {
+            var j = min(i + size, bytes.count)
+            while j < bytes.count, bytes[j] & 0xC0 == 0x80 { j += 1 }
+            out.append((.stdout, String(decoding: bytes[i..<j], as: UTF8.self)))
+            i = j
+        }
+        return out
+    }
+
+    @Test func largeOutputIsStoredCompletelyMaskedInBoundedChunks() throws {
+        let runner = FakeRunner()
+        let plan = ExecutorTests.bigOutput(count: 200, size: 16 << 10, secret: "hunter2")  // 3.2 MB
+        let expected = plan.map(\.1).joined().replacingOccurrences(of: "hunter2", with: "***")
+        runner.script = { _ in (plan, .exited(0), false) }
+        let e = start(runner)
+        defer { e.stop() }
+        let jobID = job(#"{"name":"big","script":"cat big","server_ids":[SERVER],"secret_env":{"TOKEN":"hunter2"}}"#)
+        let id = admin.post("/api/v1/jobs/\(jobID)/run").json["id"]?.int64Value ?? 0
+        let done = waitFinished(id, timeout: 30)
+        #expect(done["status"] == "succeeded")
+        #expect(done["output_truncated"] == false)
+        let rows = try db.query("""
+            SELECT coalesce(string_agg(data, '' ORDER BY seq), '') AS text, count(*) AS n, max(octet_length(data)) AS biggest,
+                   (SELECT output_bytes FROM executions WHERE id = $1) AS output_bytes,
+                   (SELECT last_seq FROM executions WHERE id = $1) AS last_seq,
+                   (SELECT count(*) FROM log_chunks WHERE execution_id = $1) AS all_chunks,
+                   (SELECT max(seq) FROM log_chunks WHERE execution_id = $1) AS max_seq
+            FROM log_chunks WHERE execution_id = $1 AND stream = 'stdout'
+            """, [id])
+        let r = try #require(rows.first)
+        #expect(r.string("text") == expected)
+        #expect(r.int("output_bytes") == expected.utf8.count)
+        // Chunks of about 64 KiB (consecutive reads merged, never far past it), seq 1...n without a gap.
+        #expect(r.int("biggest") <= 64 << 10 + 16 << 10 + 8)
+        #expect(r.int("n") >= expected.utf8.count / (80 << 10))
+        #expect(r.int("all_chunks") == r.int("last_seq") && r.int("max_seq") == r.int("last_seq"))
+        #expect(!admin.get("/api/v1/executions/\(id)/log.txt").text.contains("hunter2"))
+    }
+
+    @Test func outputCapKeepsTheFirstBytesAndSaysSo() throws {
+        let runner = FakeRunner()
+        let plan = ExecutorTests.bigOutput(count: 48, size: 64 << 10, secret: "x")  // 3 MiB
+        runner.script = { _ in (plan + [(.stderr, "late\n")], .exited(0), false) }
+        let e = start(runner, outputCapBytes: 1 << 20)
+        defer { e.stop() }
+        let jobID = job(#"{"name":"capped","script":"cat big","server_ids":[SERVER]}"#)
+        let id = admin.post("/api/v1/jobs/\(jobID)/run").json["id"]?.int64Value ?? 0
+        let done = waitFinished(id, timeout: 30)
+        #expect(done["status"] == "succeeded")
+        #expect(done["output_truncated"] == true)
+        let kept = try db.query("""
+            SELECT coalesce(sum(octet_length(data)), 0) AS bytes FROM log_chunks WHERE execution_id = $1 AND stream <> 'system'
+            """, [id])[0].int("bytes")
+        // Exactly the cap's worth, less at most a UTF-8 sequence cut off at the end.
+        #expect(kept <= 1 << 20 && kept >= (1 << 20) - 3)
+        #expect(plan.map(\.1).joined().utf8.starts(with: try db.query("""
+            SELECT string_agg(data, '' ORDER BY seq) AS t FROM log_chunks WHERE execution_id = $1 AND stream = 'stdout'
+            """, [id])[0].string("t").utf8))
+        let lines = try db.query("SELECT data FROM log_chunks WHERE execution_id = $1 AND stream = 'system' AND data LIKE 'output limit%'", [id])
+        #expect(lines.map { $0.string("data") } == ["output limit of 1 MiB reached: further output of this execution is dropped (the job keeps running)\n"])
+        #expect(admin.get("/api/v1/executions/\(id)/log.txt").text.contains("exit code 0"))
+    }
+
+    @Test func appendLogFencesEachPieceAndKeepsSeqWithoutGaps() throws {
+        let jobID = job(#"{"name":"fence","script":"true","server_ids":[SERVER]}"#)
+        let id = try #require(try Queue.enqueue(db, jobID: jobID, trigger: "api", userID: nil, username: nil, envOverrides: nil))
+        let claimed = try Queue.claim(db, executor: "fence-a", limit: 10, leaseSeconds: 30)
+        let t = try #require(claimed.first { $0.executionID == id })
+        let tricky = "q\"uote \\back {brace},comma NULL é😀\n"
+        func piece(_ text: String, _ target: Int64?, _ stream: String = "stdout") -> LogPiece {
+            LogPiece(serverID: t.serverID, stream: stream, data: text, targetID: target)
+        }
+        // Another executor: only the unfenced piece is kept.
+        #expect(try Queue.appendLog(db, executionID: id, executor: "fence-b", pieces: [piece("a", t.id), piece("sys\n", nil, "system"), piece("b", t.id)]))
+        // Nothing kept: false, and no seq used.
+        #expect(try !Queue.appendLog(db, executionID: id, executor: "fence-b", pieces: [piece("c", t.id)]))
+        #expect(try !Queue.appendLog(db, executionID: id, executor: nil, pieces: [piece("c", t.id)]))
+        // The holder: kept, except a piece of a target it does not hold.
+        #expect(try Queue.appendLog(db, executionID: id, executor: "fence-a", pieces: [piece("", t.id), piece(tricky, t.id, "stderr"), piece("zz", 999_999_999), piece("d", t.id)]))
+        let rows = try db.query("SELECT seq, stream, data FROM log_chunks WHERE execution_id = $1 ORDER BY seq", [id])
+        #expect(rows.map { $0.int64("seq") } == [1, 2, 3, 4])
+        #expect(rows.map { $0.string("data") } == ["sys\n", "", tricky, "d"])
+        let e = try db.query("SELECT last_seq, output_bytes, output_truncated FROM executions WHERE id = $1", [id])[0]
+        #expect(e.int64("last_seq") == 4 && e.int("output_bytes") == tricky.utf8.count + 1 && !e.bool("output_truncated"))
+        #expect(try Queue.appendLog(db, executionID: id, executor: "fence-a", pieces: [piece("e", t.id)], truncated: true))
+        #expect(try db.query("SELECT output_truncated FROM executions WHERE id = $1", [id])[0].bool("output_truncated"))
+    }
+
+    @Test func twoExecutorsFinishingTheLastTwoTargetsAtOnceFinalizeTheExecution() throws {
+        let one = admin.post("/api/v1/servers", #"{"name":"race-1","host":"127.0.0.1","username":"u","auth_method":"password","password":"pw"}"#)
+        let two = admin.post("/api/v1/servers", #"{"name":"race-2","host":"127.0.0.1","username":"u","auth_method":"password","password":"pw"}"#)
+        let ids = [one, two].compactMap { $0.json["id"]?.int64Value }
+        let jobID = admin.post("/api/v1/jobs", #"{"name":"race","script":"true","server_ids":[\#(ids[0]),\#(ids[1])]}"#).json["id"]?.int64Value ?? 0
+        let id = try #require(try Queue.enqueue(db, jobID: jobID, trigger: "api", userID: nil, username: nil, envOverrides: nil))
+        let a = try Queue.claim(db, executor: "race-a", limit: 1, leaseSeconds: 30)
+        let b = try Queue.claim(db, executor: "race-b", limit: 1, leaseSeconds: 30)
+        #expect(a.count == 1 && b.count == 1)
+        // race-a finishes its target and has not committed yet when race-b finishes the other one.
+        let other = try PGConnection(url)
+        try other.execute("BEGIN")
+        try other.query("UPDATE execution_targets SET status = 'succeeded', exit_code = 0, finished_at = now() WHERE id = $1", [a[0].id])
+        try Queue.finalizeIfDone(other, executionID: id)
+        let finished = DispatchSemaphore(value: 0)
+        let url = self.url
+        let target = b[0].id
+        Thread.detachNewThread {
+            if let conn = try? PGConnection(url) {
+                _ = try? Queue.finishTarget(conn, targetID: target, executor: "race-b", status: "succeeded", exitCode: 0, error: nil,
+                                            retryDelaySeconds: nil)
+            }
+            finished.signal()
+        }
+        usleep(300_000)
+        try other.execute("COMMIT")
+        #expect(finished.wait(timeout: .now() + 10) == .success)
+        let e = try db.query("SELECT status, exit_code FROM executions WHERE id = $1", [id])[0]
+        #expect(e.string("status") == "succeeded" && e.int("exit_code") == 0)
+    }
+
     @Test func outcomesAreDescribed() {
         let claim = ClaimedTarget(id: 1, executionID: 1, serverID: 1, serverName: "s", attempt: 1, host: "h", port: 22, username: "u",
                                   authMethod: "password", credentials: nil, hostKeyFingerprint: nil, script: "", env: .object([]),
@@ -186,5 +318,30 @@ struct ExecutorTests {
         var bad = OutputMasker(secrets: [])
         #expect(bad.feed([0xFF, 0x41]) == "\u{FFFD}A")
         #expect(bad.pendingCount == 0)
+    }
+
+    @Test func bytesPassThroughUnlessTheyNeedCleaning() {
+        var m = OutputMasker(secrets: [])
+        let ascii = Array(String(repeating: "0123456789abcdef", count: 100).utf8)
+        #expect(m.feedBytes(ascii) == ascii)
+        // NUL and invalid bytes inside long runs (past the 8-byte fast path) are replaced, the rest kept.
+        let a = [UInt8](repeating: 0x61, count: 21), b = [UInt8](repeating: 0x62, count: 13)
+        #expect(m.feedBytes(a + [0x00] + b) == a + [0xEF, 0xBF, 0xBD] + b)
+        #expect(m.feedBytes(a + [0xC3, 0x28] + b) == a + [0xEF, 0xBF, 0xBD, 0x28] + b)
+        let valid = Array("ünïcödé ok".utf8)
+        #expect(m.feedBytes(a + valid) == a + valid)
+        // A sequence cut at the end of a read waits for the rest.
+        #expect(m.feedBytes(a + [0xE2, 0x82]) == a)
+        #expect(m.pendingCount == 2)
+        #expect(m.feedBytes([0xAC] + b) == [0xE2, 0x82, 0xAC] + b)
+        #expect(m.flushBytes().isEmpty)
+        // A cut sequence that never completes becomes U+FFFD at the end.
+        #expect(m.feedBytes([0xF0, 0x9F]).isEmpty)
+        #expect(m.flushBytes() == [0xEF, 0xBF, 0xBD])
+        // With secrets, bytes held back for a secret that may straddle reads come out on flush.
+        var s = OutputMasker(secrets: ["topsecret"])
+        #expect(s.feedBytes(Array("xx topsec".utf8)) == Array("x".utf8))
+        #expect(s.feedBytes(Array("ret and topse".utf8)) == Array("x *** a".utf8))
+        #expect(s.flushBytes() == Array("nd topse".utf8))
     }
 }

@@ -832,19 +832,23 @@ def test_health_lists_the_running_executor(executors: Executors, anon: Client) -
 # -------------------------------------------------------------- 11. two executors drain the queue
 
 
-@pytest.mark.timeout(180)
+DRAIN_SERVERS, DRAIN_RUNS = 100, 5  # 500 targets
+
+
+@pytest.mark.timeout(240)
 def test_two_executors_drain_the_queue_without_duplicates(executors: Executors, made: Made, fleet: Fleet,
                                                           admin_token: Client) -> None:
-    servers = [made.server(fleet.ports[i % 3], name=unique(f"drain{i:02d}")) for i in range(60)]
-    job = made.job(servers, "true\n", max_parallel=60)
-    # A capacity of 50 each: neither executor can take all 180 targets, so both must work.
-    capped = {"TSUBAME_EXECUTOR_CAPACITY": "50"}
+    # 100 servers on the fleet's sshd (several per sshd), 5 runs: 500 targets queued at once.
+    servers = [made.server(fleet.ports[i % len(fleet.ports)], name=unique(f"drain{i:03d}")) for i in range(DRAIN_SERVERS)]
+    job = made.job(servers, "true\n", max_parallel=DRAIN_SERVERS)
+    # A capacity of 60 each: neither executor can take all 500 targets, so both must work.
+    capped = {"TSUBAME_EXECUTOR_CAPACITY": "60"}
     executors.restart_main(env=capped)
     executors.second = ExecutorProcess("second", os.path.join(os.path.dirname(PIDFILE), "executor-second.pid"), capped)
     executors.second.start()
     try:
-        runs = [run(admin_token, job["id"]) for _ in range(3)]
-        done = [wait_finished(admin_token, r["id"], timeout=120) for r in runs]
+        runs = [run(admin_token, job["id"]) for _ in range(DRAIN_RUNS)]
+        done = [wait_finished(admin_token, r["id"], timeout=180) for r in runs]
     finally:
         executors.second.stop()
         executors.restart_main()
@@ -855,17 +859,99 @@ def test_two_executors_drain_the_queue_without_duplicates(executors: Executors, 
             assert_finished_target(t, "succeeded", 0, attempt=1)
         chunks = full_log(admin_token, e["id"])["chunks"]
         assert_seq_increasing(chunks)
+        assert [c["seq"] for c in chunks] == list(range(1, len(chunks) + 1)), "seq has gaps"
+        # Each target ran exactly once: one "connected" and one exit line per server, none lost, none twice.
         exits = [c["server_id"] for c in chunks if c["stream"] == "system" and EXIT_LINE.match(c["data"])]
         starts = [c["server_id"] for c in chunks if c["stream"] == "system" and CONNECTED_LINE.match(c["data"])]
         assert sorted(exits) == sorted(starts) == sorted(s["id"] for s in servers), (len(exits), len(starts))
+    ids = ",".join(str(e["id"]) for e in done)
     rows = psql("""
         SELECT executor_id, count(*) FROM execution_targets
         WHERE execution_id = ANY(string_to_array(:'ids', ',')::bigint[])
         GROUP BY executor_id ORDER BY executor_id
-        """, ids=",".join(str(e["id"]) for e in done))
+        """, ids=ids)
     counts = {r[0]: int(r[1]) for r in rows}
-    assert sum(counts.values()) == 180 and len(counts) == 2 and "second" in counts, counts
+    assert sum(counts.values()) == DRAIN_SERVERS * DRAIN_RUNS and len(counts) == 2 and "second" in counts, counts
     assert all(n > 0 for n in counts.values()), counts
+    # No target was claimed twice (a second claim would have raised its attempt or left a second start line above).
+    assert psql_value("""
+        SELECT count(*) FROM execution_targets
+        WHERE execution_id = ANY(string_to_array(:'ids', ',')::bigint[]) AND (attempt <> 1 OR status <> 'succeeded')
+        """, ids=ids) == "0"
+
+
+# -------------------------------------------------------------- 12. a lot of output
+
+
+BIG_LINE = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\n"  # what `yes` repeats
+BIG_BYTES = 200_000_000
+
+
+def _expected_md5(line: bytes, size: int) -> str:
+    h = hashlib.md5()
+    block = line * (1 << 16)
+    left = size
+    while left >= len(block):
+        h.update(block)
+        left -= len(block)
+    h.update((line * (left // len(line) + 1))[:left])
+    return h.hexdigest()
+
+
+def _stored(eid: int) -> tuple[int, str, int, int, int]:
+    """(stdout bytes, md5 of stdout in seq order, chunks, largest chunk, last_seq) of an execution, from PostgreSQL."""
+    row = psql("""
+        SELECT coalesce(sum(octet_length(data)), 0), md5(coalesce(string_agg(data, '' ORDER BY seq), '')), count(*),
+               coalesce(max(octet_length(data)), 0), (SELECT last_seq FROM executions WHERE id = :'id')
+        FROM log_chunks WHERE execution_id = :'id' AND stream = 'stdout'
+        """, id=eid)[0]
+    return int(row[0]), row[1], int(row[2]), int(row[3]), int(row[4])
+
+
+@pytest.mark.timeout(180)
+def test_200_mb_of_output_is_stored_completely(executors: Executors, made: Made, fleet: Fleet,
+                                               admin_token: Client) -> None:
+    """Issue 3: a job printing 200 MB, every byte stored (the default cap of 64 MiB is raised to 256 for it);
+    then the cap itself, at 1 MiB."""
+    server = made.server(fleet.ports[0])
+    alphabet = BIG_LINE.decode().rstrip("\n")
+    big = made.job([server], f"yes {alphabet} | head -c {BIG_BYTES}\necho done >&2\n", timeout_seconds=120)
+    executors.restart_main(env={"TSUBAME_OUTPUT_CAP_MB": "256"})
+    try:
+        t0 = time.monotonic()
+        e = wait_finished(admin_token, run(admin_token, big["id"])["id"], timeout=120)
+        took = time.monotonic() - t0
+        assert e["status"] == "succeeded" and e["exit_code"] == 0 and not e["output_truncated"], e
+        size, md5, chunks, largest, last_seq = _stored(e["id"])
+        assert size == BIG_BYTES, f"stored {size} of {BIG_BYTES} bytes in {chunks} chunks ({took:.1f} s)"
+        assert md5 == _expected_md5(BIG_LINE, BIG_BYTES), "the stored output differs from what the job printed"
+        # Chunks of about 64 KiB: a page of the log API stays bounded.
+        assert chunks >= BIG_BYTES // (160 << 10) and largest <= 160 << 10, (chunks, largest)
+        # The end of the log through the API: the stderr line and the exit line after the output, seq without gaps.
+        page = admin_token.ok("GET", f"/api/v1/executions/{e['id']}/log", params={"after": last_seq - 5, "limit": 10})
+        assert page["complete"] and page["next_seq"] == last_seq, {k: v for k, v in page.items() if k != "chunks"}
+        assert [c["seq"] for c in page["chunks"]] == list(range(last_seq - 4, last_seq + 1))
+        tail = page["chunks"]
+        assert text_of(tail, server["id"], "stderr") == "done\n", tail
+        assert EXIT_LINE.match(system_lines(tail, server["id"])[-1]), tail
+        assert psql_value("SELECT count(*) FROM log_chunks WHERE execution_id = :'id'", id=e["id"]) == str(last_seq)
+
+        # The cap: the first 1 MiB is kept, the rest dropped with one system line; the job still succeeds.
+        executors.restart_main(env={"TSUBAME_OUTPUT_CAP_MB": "1"})
+        capped = made.job([server], "yes | head -c 3000000\necho late >&2\n")
+        e = wait_finished(admin_token, run(admin_token, capped["id"])["id"], timeout=60)
+        assert e["status"] == "succeeded" and e["output_truncated"], e
+        size, md5, chunks, largest, last_seq = _stored(e["id"])
+        assert size == 1 << 20, size  # exactly the cap's worth
+        assert md5 == _expected_md5(b"y\n", size)
+        chunks_all = full_log(admin_token, e["id"])["chunks"]
+        assert text_of(chunks_all, server["id"], "stderr") == "", "output after the cap must be dropped"
+        limit = [c for c in system_lines(chunks_all, server["id"]) if c.startswith("output limit")]
+        assert limit == ["output limit of 1 MiB reached: further output of this execution is dropped "
+                         "(the job keeps running)\n"], limit
+        assert EXIT_LINE.match(system_lines(chunks_all, server["id"])[-1])
+    finally:
+        executors.restart_main()
 
 
 def _parent(pid: int) -> int:
