@@ -300,7 +300,10 @@ public final class Executor: @unchecked Sendable {
                     try apply(event, conn, &pending)
                     applied += 1
                 }
-                for (execution, p) in pending where p.bytes >= settings.flushBytes || Date().timeIntervalSince(p.since) >= settings.flushInterval {
+                // Nothing more came in meanwhile: write now, so a line reaches its watchers within a few ms. Under
+                // load the queue is never empty here, and output gathers until flushBytes or flushInterval.
+                let idle = events.isEmpty
+                for (execution, p) in pending where idle || p.bytes >= settings.flushBytes || Date().timeIntervalSince(p.since) >= settings.flushInterval {
                     try flush(execution, conn, &pending)
                 }
             } catch {
@@ -438,4 +441,5 @@ final class EventQueue: @unchecked Sendable {
 
     func close() { cond.lock(); closed = true; cond.broadcast(); cond.unlock() }
     var isClosed: Bool { cond.lock(); defer { cond.unlock() }; return closed }
+    var isEmpty: Bool { cond.lock(); defer { cond.unlock() }; return items.isEmpty }
 }
