@@ -24,9 +24,10 @@ enum Live {
     // MARK: - GET /executions/{id}/log
 
     /// Which chunks a log request asks for: seq in (after, before), the first `limit` of them
-    /// (`fromEnd`: the last `limit`, for paging back).
+    /// (`fromEnd`: the last `limit`, for paging back); with `tail`, the last `tail` chunks.
     struct LogWindow {
         var after: Int64
+        var tail: Int64?
         var before: Int64?
         var limit: Int64
         var fromEnd: Bool
@@ -49,50 +50,69 @@ enum Live {
         let id = ctx.id()
         let hub = ctx.app.hub
         let mark = hub?.mark ?? 0
-        let db = try ctx.db
-        guard let e = try db.query("SELECT status, last_seq FROM executions WHERE id = $1", [id]).first else {
-            throw APIError.notFound("execution")
-        }
-        // seq is dense per execution (1, 2, 3, … handed out under the row lock), so the tail is a seq range.
-        var window = LogWindow(after: after ?? 0, before: before, limit: limit, fromEnd: before != nil)
-        if let tail { window.after = max(0, e.int64("last_seq") - tail); window.limit = tail }
-        let final = wait == 0 || hub == nil || before != nil
-        if let r = try answer(db, id, window, final: final) { return r }
-        window.status = e.string("status")
-        let park = Park(topic: .log(id), shareKey: "log:\(id):\(window.after):\(window.limit):\(e.string("status"))", after: window.after,
-                        deadline: LiveHub.now + Double(wait)) { app, final in
-            try answer(try app.database(), id, window, final: final)
+        var window = LogWindow(after: after ?? 0, tail: tail, before: before, limit: tail ?? limit, fromEnd: before != nil)
+        let page = try read(try ctx.db, id, window)
+        if let r = respond(page, window, final: wait == 0 || hub == nil || before != nil) { return r }
+        // Parked: from now on the question is "anything after what the caller has, or a new status".
+        window.after = page.after
+        window.tail = nil
+        window.status = page.status
+        let park = Park(topic: .log(id), shareKey: "log:\(id):\(window.after):\(window.limit):\(page.status)", after: window.after,
+                        deadline: LiveHub.now + Double(wait)) { [window] app, final in
+            respond(try read(try app.database(), id, window), window, final: final)
         }
         return .parked { parked in hub!.park(parked, park, mark: mark) }
     }
 
-    /// The answer, or nil when nothing is newer, the execution is unfinished and this is not the final try.
-    static func answer(_ db: PGConnection, _ id: Int64, _ w: LogWindow, final: Bool) throws -> HTTPResponse? {
-        guard let e = try db.query("SELECT status, last_seq FROM executions WHERE id = $1", [id]).first else {
-            throw APIError.notFound("execution")
-        }
-        let status = e.string("status")
-        let finished = !["queued", "running"].contains(status)
-        let lastSeq = e.int64("last_seq")
+    struct LogPage {
+        var status: String
+        var lastSeq: Int64
+        /// `after` as applied (with `tail`: the last seq minus tail).
+        var after: Int64
+        var chunks: [PGRow]
+    }
+
+    /// The execution's status and last seq and the page of chunks, in one statement (a long-poll's re-check is
+    /// this plus nothing). seq is dense per execution (1, 2, 3, … handed out under the row lock), so the tail is a
+    /// seq range. A running byte total stops the page once it holds pageBytes (octet_length reads the stored
+    /// size, not the data).
+    static func read(_ db: PGConnection, _ id: Int64, _ w: LogWindow) throws -> LogPage {
         let order = w.fromEnd ? "DESC" : "ASC"
-        // The running byte total stops the page once it holds pageBytes (octet_length reads the stored size, not the data).
-        let chunks = lastSeq > w.after ? try db.query("""
-            SELECT seq, server_id, stream, data, at_text FROM (
-                SELECT seq, server_id, stream, data, \(tsSQL("at", as: "at_text")),
-                       sum(octet_length(data)) OVER (ORDER BY seq \(order)) - octet_length(data) AS before_bytes
-                FROM log_chunks WHERE execution_id = $1 AND seq > $2 AND ($3::bigint IS NULL OR seq < $3)
-                ORDER BY seq \(order) LIMIT $4
-            ) page WHERE before_bytes < $5 ORDER BY seq
-            """, [id, w.after, w.before, w.limit, pageBytes]) : []
-        if chunks.isEmpty && !finished && !final && (w.status == nil || w.status == status) { return nil }
-        let next = chunks.last?.int64("seq") ?? w.after
-        let complete = finished && next >= lastSeq
+        let rows = try db.query("""
+            WITH e AS (
+                SELECT status, last_seq, CASE WHEN $6::bigint IS NULL THEN $2::bigint ELSE greatest(0, last_seq - $6) END AS after
+                FROM executions WHERE id = $1
+            )
+            SELECT e.status, e.last_seq, e.after, c.seq, c.server_id, c.stream, c.data, c.at_text
+            FROM e LEFT JOIN LATERAL (
+                SELECT seq, server_id, stream, data, at_text FROM (
+                    SELECT seq, server_id, stream, data, \(tsSQL("at", as: "at_text")),
+                           sum(octet_length(data)) OVER (ORDER BY seq \(order)) - octet_length(data) AS before_bytes
+                    FROM log_chunks
+                    WHERE e.last_seq > e.after AND execution_id = $1 AND seq > e.after AND ($3::bigint IS NULL OR seq < $3)
+                    ORDER BY seq \(order) LIMIT $4
+                ) page WHERE before_bytes < $5
+            ) c ON true
+            ORDER BY c.seq
+            """, [id, w.after, w.before, w.limit, pageBytes, w.tail])
+        guard let first = rows.first else { throw APIError.notFound("execution") }
+        return LogPage(status: first.string("status"), lastSeq: first.int64("last_seq"), after: first.int64("after"),
+                       chunks: rows.filter { $0["seq"] != nil })
+    }
+
+    /// The answer, or nil when nothing is newer, the status is what the caller saw, the execution is unfinished
+    /// and this is not the final try.
+    static func respond(_ page: LogPage, _ w: LogWindow, final: Bool) -> HTTPResponse? {
+        let finished = !["queued", "running"].contains(page.status)
+        if page.chunks.isEmpty && !finished && !final && (w.status == nil || w.status == page.status) { return nil }
+        let next = page.chunks.last?.int64("seq") ?? page.after
+        let complete = finished && next >= page.lastSeq
         return Reply.json(200, .object([
-            ("chunks", .array(chunks.map { c in
+            ("chunks", .array(page.chunks.map { c in
                 .object([("seq", .int(c.int64("seq"))), ("server_id", c.optInt64("server_id").map(JSON.int) ?? .null),
                          ("stream", .string(c.string("stream"))), ("data", .string(c.string("data"))), ("at", ts(c, "at_text"))])
             })),
-            ("next_seq", .int(next)), ("status", .string(status)), ("complete", .bool(complete)),
+            ("next_seq", .int(next)), ("status", .string(page.status)), ("complete", .bool(complete)),
         ]))
     }
 
