@@ -78,7 +78,7 @@ public enum Queue {
         return try db.transaction {
             // One claimer at a time: max_parallel is counted, then filled; claims take milliseconds.
             try db.query("SELECT pg_advisory_xact_lock(7458220)")
-            let rows = try db.query("""
+            let details = try db.query("""
                 WITH runnable AS (
                     SELECT t.id, t.execution_id,
                            row_number() OVER (PARTITION BY t.execution_id ORDER BY t.position, t.id) AS n,
@@ -89,25 +89,21 @@ public enum Queue {
                 ), chosen AS (
                     SELECT t.id FROM execution_targets t JOIN runnable r ON r.id = t.id
                     WHERE r.n <= r.free ORDER BY t.run_at, t.id LIMIT $2 FOR UPDATE OF t SKIP LOCKED
+                ), claimed AS (
+                    UPDATE execution_targets t SET status = 'running', executor_id = $1, attempt = t.attempt + 1,
+                           lease_expires_at = now() + make_interval(secs => $3), started_at = now(), finished_at = NULL,
+                           exit_code = NULL, error = NULL
+                    FROM chosen WHERE t.id = chosen.id
+                    RETURNING t.id, t.execution_id, t.server_id, t.server_name, t.attempt
+                ), started AS (
+                    UPDATE executions SET status = 'running', started_at = coalesce(started_at, now())
+                    WHERE id IN (SELECT execution_id FROM claimed) AND status = 'queued'
                 )
-                UPDATE execution_targets t SET status = 'running', executor_id = $1, attempt = t.attempt + 1,
-                       lease_expires_at = now() + make_interval(secs => $3), started_at = now(), finished_at = NULL,
-                       exit_code = NULL, error = NULL
-                FROM chosen WHERE t.id = chosen.id
-                RETURNING t.id, t.execution_id, t.server_id, t.server_name, t.attempt
-                """, [executor, limit, leaseSeconds])
-            guard !rows.isEmpty else { return [] }
-            let ids = rows.map { $0.int64("id") }
-            try db.query("""
-                UPDATE executions SET status = 'running', started_at = coalesce(started_at, now())
-                WHERE id IN (SELECT execution_id FROM execution_targets WHERE id = ANY($1::bigint[])) AND status = 'queued'
-                """, [Int64Array(ids)])
-            let details = try db.query("""
-                SELECT t.id, t.execution_id, t.server_id, t.server_name, t.attempt, s.host, s.port, s.username, s.auth_method,
+                -- One statement, one round trip: the claim is on the path from POST /run to the command starting.
+                SELECT c.id, c.execution_id, c.server_id, c.server_name, c.attempt, s.host, s.port, s.username, s.auth_method,
                        s.credentials, s.host_key_fingerprint, e.script, e.env::text AS env, e.secret_env, e.timeout_seconds, e.retries
-                FROM execution_targets t JOIN executions e ON e.id = t.execution_id LEFT JOIN servers s ON s.id = t.server_id
-                WHERE t.id = ANY($1::bigint[]) ORDER BY t.id
-                """, [Int64Array(ids)])
+                FROM claimed c JOIN executions e ON e.id = c.execution_id LEFT JOIN servers s ON s.id = c.server_id ORDER BY c.id
+                """, [executor, limit, leaseSeconds])
             return details.map { r in
                 ClaimedTarget(id: r.int64("id"), executionID: r.int64("execution_id"), serverID: r.optInt64("server_id"),
                               serverName: r.string("server_name"), attempt: r.int("attempt"), host: r.string("host"),
