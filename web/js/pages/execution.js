@@ -103,7 +103,9 @@ function header(e, can, go, refresh) {
   }
   const when = e.started_at ? `started ${fmtTime(e.started_at)}` : `queued ${fmtTime(e.created_at)}`;
   const head = pageHead(`${e.job_name} #${e.id}`, null, ...actions);
-  const sub = h("p", { class: "sub" }, badge(e.status), " ",
+  const status = badge(e.status);
+  status.dataset.ref = "exe-status";
+  const sub = h("p", { class: "sub" }, status, " ",
     `${when} · ${e.trigger}${e.triggered_by ? ` by ${e.triggered_by.username}` : ""}`,
     e.duration_ms !== null ? ` · ${fmtDuration(elapsedMs(e.started_at, e.finished_at))}` : "",
     e.exit_code !== null ? ` · exit code ${e.exit_code}` : "",

@@ -79,7 +79,7 @@ function serverForm(srv, go) {
       field("Port", input("port", srv?.port ?? 22, { type: "number", min: 1, max: 65535, required: true })),
       field("Username", input("username", srv?.username, { required: true, spellcheck: "false", autocapitalize: "none" }))),
     h("fieldset", { "data-field": "auth_method" }, h("legend", { text: "Authentication" }),
-      h("div", { class: "inline", role: "radiogroup", "aria-labelledby": authName }, radio("password", "Password"), radio("key", "Private key")),
+      h("div", { class: "inline", role: "radiogroup", "aria-labelledby": authName }, radio("password", "With a password"), radio("key", "With a private key")),
       passwordBox, keyBox),
     field("Description", h("textarea", { name: "description", rows: 2, maxlength: 2000, value: srv?.description || "" })),
     field("Tags", input("tags", (srv?.tags || []).join(", "), { spellcheck: "false" }), "Separated by commas or spaces, e.g. prod, web."),
