@@ -251,8 +251,9 @@ def test_an_expired_session_signs_in_again_and_returns(browser: Any, base_url: s
     user = api.ok("POST", "/api/v1/users", json={"username": unique("ui-op"), "password": password, "role": "operator"})
     ctx, page, watch = new_page(browser, base_url)
     try:
-        page.goto("/")
+        page.goto("/#/servers")  # a page without a long-poll: the next click is what meets the 401
         sign_in(page, user["username"], password)
+        expect(page.get_by_role("heading", name="Servers", level=1)).to_be_visible()
         psql("DELETE FROM sessions WHERE user_id = :uid", uid=user["id"])  # expired / revoked server-side
         page.get_by_role("navigation", name="Main").get_by_role("link", name="Executions").click()
         expect(page.get_by_role("heading", name="Sign in to tsubame-ci")).to_be_visible()

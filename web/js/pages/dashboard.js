@@ -169,7 +169,7 @@ async function loadRecent(durations, failures, signal) {
 }
 
 function durationChart(runs) {
-  const W = 640, H = 200, left = 46, bottom = 10, top = 8;
+  const W = 640, H = 200, left = 58, bottom = 10, top = 8;
   const max = Math.max(1, ...runs.map((e) => e.duration_ms));
   const plotH = H - bottom - top;
   const slot = (W - left) / runs.length;
@@ -178,7 +178,7 @@ function durationChart(runs) {
   for (const frac of [0, 0.5, 1]) {
     const yy = top + plotH - frac * plotH;
     svg.append(s("line", { class: "grid-line", x1: left, x2: W, y1: yy, y2: yy }),
-      s("text", { x: left - 6, y: yy + 4, "text-anchor": "end", text: fmtDuration(max * frac).replace(" ", "\u00a0") }));
+      s("text", { x: left - 6, y: yy + 4, "text-anchor": "end", text: shortDuration(max * frac) }));
   }
   runs.forEach((e, i) => {
     const hgt = Math.max(2, (e.duration_ms / max) * plotH);
@@ -213,6 +213,15 @@ function drawRunning(list, running) {
         : `running for ${fmtDuration(elapsedMs(e.started_at, null))} on ${e.targets?.length ?? 0} server(s)` })),
     badge(e.status)))),
   running.size > 12 ? h("p", { class: "muted", text: `and ${running.size - 12} more` }) : null);
+}
+
+/** Axis labels: 0, 850 ms, 12 s, 3.6 min, 1.2 h. */
+function shortDuration(ms) {
+  if (ms === 0) return "0";
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  if (ms < 60000) return `${Math.round(ms / 1000)} s`;
+  if (ms < 3600000) return `${(ms / 60000).toFixed(1)} min`;
+  return `${(ms / 3600000).toFixed(1)} h`;
 }
 
 function debounce(fn, ms) {

@@ -57,7 +57,7 @@ export async function render({ main, params, signal, can, go }) {
   log.start();
   // Durations of what still runs tick every second.
   const ticker = setInterval(() => {
-    for (const td of facts.querySelectorAll('td[data-end=""]')) {
+    for (const td of main.querySelectorAll('[data-end=""]')) {
       if (td.dataset.start) td.textContent = fmtDuration(elapsedMs(td.dataset.start, null));
     }
   }, 1000);
@@ -107,7 +107,8 @@ function header(e, can, go, refresh) {
   status.dataset.ref = "exe-status";
   const sub = h("p", { class: "sub" }, status, " ",
     `${when} · ${e.trigger}${e.triggered_by ? ` by ${e.triggered_by.username}` : ""}`,
-    e.duration_ms !== null ? ` · ${fmtDuration(elapsedMs(e.started_at, e.finished_at))}` : "",
+    e.started_at ? [" · ", h("span", { dataset: { start: e.started_at, end: e.finished_at || "" },
+      text: fmtDuration(elapsedMs(e.started_at, e.finished_at)) })] : "",
     e.exit_code !== null ? ` · exit code ${e.exit_code}` : "",
     e.parent_id ? [" · re-run of ", h("a", { href: `#/executions/${e.parent_id}`, text: `#${e.parent_id}` })] : "",
     e.job_id ? [" · ", h("a", { href: `#/jobs/${e.job_id}`, text: "job" })] : "");
