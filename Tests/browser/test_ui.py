@@ -25,6 +25,15 @@ FINISHED = {"succeeded", "failed", "cancelled", "timed_out"}
 shared: dict[str, Any] = {}
 
 
+@pytest.fixture()
+def fleet_server(made: Made) -> dict:
+    """The fleet server added through the UI by the server test (or one made through the API when that did not run)."""
+    if "server" not in shared:
+        s = made.server(tags=["ui", "loopback"])
+        shared["server"] = {"id": s["id"], "name": s["name"]}
+    return shared["server"]
+
+
 def wait_finished(api: Client, eid: int, timeout: float = 30) -> dict:
     deadline = time.monotonic() + timeout
     while True:
@@ -39,6 +48,20 @@ def execution_id(page: Any) -> int:
     m = re.search(r"#/executions/(\d+)$", page.url)
     assert m, page.url
     return int(m.group(1))
+
+
+SHOWN_AT_END = """text => {
+  const log = document.querySelector('.log');
+  const last = log && log.lastElementChild;
+  if (!last || last.textContent !== text) return false;
+  const r = last.getBoundingClientRect(), box = document.querySelector('.log-scroll').getBoundingClientRect();
+  return r.bottom <= box.bottom + 1 && r.top >= box.top - 1;
+}"""
+
+
+def expect_last_line_shown(page: Any, text: str) -> None:
+    """The log's last line is `text` and the log box is scrolled so that it is in view."""
+    page.wait_for_function(SHOWN_AT_END, arg=text, timeout=15000)
 
 
 def status_badge(page: Any) -> Any:
@@ -115,8 +138,7 @@ def test_add_a_server_and_test_its_connection(page: Any, fleet: Fleet, made: Mad
 
 
 def test_create_a_job_run_it_and_watch_the_log_arrive_live(page: Any, fleet: Fleet, made: Made, api: Client,
-                                                           executor: Any) -> None:
-    server = shared["server"]
+                                                           executor: Any, fleet_server: dict) -> None:
     gate = fleet.gate()
     name = unique("ui-job")
     goto(page, "/jobs")
@@ -129,12 +151,12 @@ def test_create_a_job_run_it_and_watch_the_log_arrive_live(page: Any, fleet: Fle
         "echo second line >&2\n"
         "echo last line\n")
     page.get_by_label("Filter by tag or name", exact=True).fill("loopback")
-    page.get_by_role("checkbox", name=re.compile(f"^{re.escape(server['name'])}")).check()
+    page.get_by_role("checkbox", name=re.compile(f"^{re.escape(fleet_server['name'])}")).check()
     page.get_by_role("button", name="Create job").click()
     expect(page.get_by_role("heading", name=name, level=1)).to_be_visible()
     jid = int(re.search(r"#/jobs/(\d+)$", page.url).group(1))
     made.jobs.append(jid)
-    assert api.ok("GET", f"/api/v1/jobs/{jid}")["server_ids"] == [server["id"]]
+    assert api.ok("GET", f"/api/v1/jobs/{jid}")["server_ids"] == [fleet_server["id"]]
 
     page.get_by_role("button", name="Run now").click()
     dialog = page.get_by_role("dialog", name=f"Run {name}")
@@ -155,7 +177,7 @@ def test_create_a_job_run_it_and_watch_the_log_arrive_live(page: Any, fleet: Fle
         second = log.get_by_text("second line", exact=True)
         expect(second).to_have_class(re.compile(r"\be\b"))  # stderr is marked
         expect(status_badge(page)).to_have_text("Succeeded")
-        expect(page.get_by_role("row", name=re.compile(re.escape(server["name"])))).to_contain_text("Succeeded")
+        expect(page.get_by_role("row", name=re.compile(re.escape(fleet_server["name"])))).to_contain_text("Succeeded")
         assert page.evaluate("window.__sameDocument") is True, "the log must arrive without a reload"
         assert "\x1b" not in log.inner_text()
     finally:
@@ -164,9 +186,8 @@ def test_create_a_job_run_it_and_watch_the_log_arrive_live(page: Any, fleet: Fle
     shared["job"] = {"id": jid, "name": name}
 
 
-def test_cancel_a_running_job(page: Any, made: Made, api: Client, executor: Any) -> None:
-    server = shared["server"]
-    job = made.job([server["id"]], "echo started\nsleep 60\necho never\n", name=unique("ui-cancel"))
+def test_cancel_a_running_job(page: Any, made: Made, api: Client, executor: Any, fleet_server: dict) -> None:
+    job = made.job([fleet_server["id"]], "echo started\nsleep 60\necho never\n", name=unique("ui-cancel"))
     e = api.ok("POST", f"/api/v1/jobs/{job['id']}/run", status=202)
     goto(page, f"/executions/{e['id']}")
     log = page.get_by_role("log", name="Execution output")
@@ -197,9 +218,8 @@ def test_filter_the_history(page: Any) -> None:
     expect(page.get_by_role("link", name=f"Execution {eid} of {job['name']}")).to_be_visible()
 
 
-def test_markup_in_names_and_output_is_shown_as_text(page: Any, made: Made, api: Client, executor: Any) -> None:
-    server = shared["server"]
-    body = {"name": XSS_NAME, "description": "<b>bold?</b>", "server_ids": [server["id"]], "tags": ["xss"],
+def test_markup_in_names_and_output_is_shown_as_text(page: Any, made: Made, api: Client, executor: Any, fleet_server: dict) -> None:
+    body = {"name": XSS_NAME, "description": "<b>bold?</b>", "server_ids": [fleet_server["id"]], "tags": ["xss"],
             "script": f"echo '{XSS_OUTPUT}'\necho '<img src=y onerror=alert(2)>' >&2\n"}
     r = api.post("/api/v1/jobs", json=body)
     if r.status_code == 409:  # a re-run against the same database
@@ -223,6 +243,38 @@ def test_markup_in_names_and_output_is_shown_as_text(page: Any, made: Made, api:
     expect(page.locator("main .loading")).to_have_count(0)  # every panel loaded (the events long-poll never idles)
     assert page.locator('img[src="x"], img[src="y"], main script, main b').count() == 0
     # The page fixture fails the test if a dialog (alert) fired.
+
+
+def test_a_big_log_opens_at_its_end_and_pages_back(page: Any, made: Made, api: Client, executor: Any, fleet_server: dict) -> None:
+    job = made.job([fleet_server["id"]], "echo start\n", name=unique("ui-big"))
+    e = api.ok("POST", f"/api/v1/jobs/{job['id']}/run", status=202)
+    assert wait_finished(api, e["id"])["status"] == "succeeded"
+    # 30 more chunks of 1,000 lines after the run (as test_12_live.py appends): 30,000 lines in all.
+    psql("""
+        BEGIN;
+        INSERT INTO log_chunks (execution_id, seq, server_id, stream, data)
+        SELECT :eid, x.last_seq + g, NULL, 'stdout',
+               (SELECT string_agg(format('chunk %s line %s', g, i), E'\\n') || E'\\n' FROM generate_series(1, 1000) AS i)
+        FROM generate_series(1, 30) AS g, (SELECT last_seq FROM executions WHERE id = :eid) AS x;
+        UPDATE executions SET last_seq = last_seq + 30 WHERE id = :eid;
+        COMMIT;
+        """, eid=e["id"])
+    goto(page, f"/executions/{e['id']}")
+    log = page.get_by_role("log", name="Execution output")
+    expect_last_line_shown(page, "chunk 30 line 1000")
+    expect(log.locator(".ln")).to_have_count(5000)  # the DOM holds the last 5,000 lines, no more
+    expect(log.get_by_text("chunk 26 line 1", exact=True)).to_have_count(1)
+    expect(log.get_by_text("chunk 25 line 1000", exact=True)).to_have_count(0)
+    expect(page.get_by_label("Follow output")).to_be_checked()
+
+    page.get_by_role("button", name="Load earlier output").click()
+    expect(log.get_by_text("chunk 25 line 1", exact=True)).to_have_count(1)  # 2,500 earlier lines came back
+    expect(log.locator(".ln")).to_have_count(5000)  # and as many of the newest went
+    expect(log.get_by_text("chunk 30 line 1000", exact=True)).to_have_count(0)
+    expect(page.get_by_label("Follow output")).not_to_be_checked()
+    page.get_by_role("button", name="Jump to the latest output").click()
+    expect_last_line_shown(page, "chunk 30 line 1000")
+    expect(page.get_by_label("Follow output")).to_be_checked()
 
 
 # --------------------------------------------------------------------------- roles, session

@@ -180,27 +180,59 @@ export class LogView {
 
   // ---------------------------------------------------------------- data
 
-  /** Shows the end of the log (the first view, and "jump to latest"). */
-  async loadTail() {
+  /**
+   * Shows the end of the log (the first view, and "jump to latest"): the last
+   * two chunks at once, then, when they hold fewer than maxLines lines, the
+   * page before them (at most 2 MiB) to fill the view.
+   * @param {Promise<object>} [first] the answer of tailRequest(), when already asked
+   */
+  async loadTail(first) {
     this.resetState();
     replace(this.log);
     this.setState("Loading output…");
-    const page = await get(this.url, { before: TOP, limit: Math.min(5000, this.maxLines) }, this.signal);
+    const page = await (first || tailRequest(this.url, this.signal));
     const frag = document.createDocumentFragment();
     const { system } = this.renderChunks(page.chunks, frag, this.ctx, this.maxLines);
     this.log.appendChild(frag);
     this.liveSeq = page.next_seq;
+    this.complete = page.complete;
     this.syncTop();
     this.scrollToEnd();
     this.jump.hidden = true;
     this.noteStatus(page.status, system);
-    this.complete = page.complete;
+    if (this.lineCount < this.maxLines && !this.earlier.hidden) await this.fillTop();
+  }
+
+  /** Prepends the output before the first line until the view holds maxLines lines (one request). */
+  async fillTop() {
+    const cut = this.topOff > 0;
+    const page = await get(this.url, { before: cut ? this.topSeq + 1 : this.topSeq, limit: 5000 }, this.signal);
+    const chunks = page.chunks.map((c) => (cut && c.seq === this.topSeq ? { ...c, data: c.data.slice(0, this.topOff) } : c));
+    this.prepend(chunks, this.maxLines - this.lineCount);
+    if (this.follow) this.scrollToEnd();
+  }
+
+  /** Renders older chunks above the first line (at most `limit` lines), keeping what the reader sees in place. */
+  prepend(chunks, limit) {
+    const ctx = { open: null, states: new Map() };
+    const frag = document.createDocumentFragment();
+    this.renderChunks(chunks, frag, ctx, Math.max(1, limit));
+    const first = this.log.firstElementChild;
+    if (ctx.open && first && ctx.open.key === first._key) {
+      ctx.open.el.append(...first.childNodes); // the line continued across the page boundary
+      first.remove();
+    }
+    const height = this.scroller.scrollHeight;
+    this.log.insertBefore(frag, this.log.firstChild);
+    this.scroller.scrollTop += this.scroller.scrollHeight - height;
+    this.lastScrollTop = this.scroller.scrollTop;
+    this.syncTop();
   }
 
   /** Starts: the tail, then the long-poll. */
-  async start() {
+  async start(first) {
     try {
-      await this.loadTail();
+      await this.loadTail(first);
     } catch (err) {
       if (this.signal.aborted) return;
       this.setState(`Could not load the output: ${err.message}`);
@@ -290,19 +322,7 @@ export class LogView {
       const cut = this.topOff > 0;
       const page = await get(this.url, { before: cut ? this.topSeq + 1 : this.topSeq, limit: 2000 }, this.signal);
       const chunks = page.chunks.map((c) => (cut && c.seq === this.topSeq ? { ...c, data: c.data.slice(0, this.topOff) } : c));
-      const ctx = { open: null, states: new Map() };
-      const frag = document.createDocumentFragment();
-      this.renderChunks(chunks, frag, ctx, Math.max(500, Math.floor(this.maxLines / 2)));
-      const first = this.log.firstElementChild;
-      if (ctx.open && first && ctx.open.key === first._key) {
-        ctx.open.el.append(...first.childNodes); // the line continued across the page boundary
-        first.remove();
-      }
-      const height = this.scroller.scrollHeight;
-      this.log.insertBefore(frag, this.log.firstChild);
-      this.scroller.scrollTop += this.scroller.scrollHeight - height;
-      this.lastScrollTop = this.scroller.scrollTop;
-      this.syncTop();
+      this.prepend(chunks, Math.max(500, Math.floor(this.maxLines / 2)));
       const over = this.lineCount - this.maxLines;
       if (over > 0) {
         this.setFollowBox(false);
@@ -373,6 +393,14 @@ export class LogView {
   setState(text) {
     this.state.textContent = text;
   }
+}
+
+/**
+ * The last two chunks of a log: the first thing an execution page asks for
+ * (exported so the page can ask while it loads the execution itself).
+ */
+export function tailRequest(url, signal) {
+  return get(url, { before: TOP, limit: 2 }, signal);
 }
 
 /** "a\rb" (a progress bar redrawn) -> "b"; a trailing \r (CRLF) is dropped. */

@@ -161,6 +161,9 @@ window.addEventListener("hashchange", async () => {
 });
 
 async function boot() {
+  // The screen's module loads while the session is checked.
+  const first = ROUTES.find(([re]) => re.test(currentRoute().path));
+  if (first) import(`./pages/${first[1]}.js`).catch(() => {});
   try {
     setSession(await get("/api/v1/auth/me"));
   } catch (err) {

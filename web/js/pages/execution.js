@@ -5,11 +5,14 @@
 import { get, post } from "../api.js";
 import { h, replace } from "../dom.js";
 import { elapsedMs, fmtDuration, fmtTime, FINISHED, statusLabel } from "../format.js";
-import { LogView } from "../log-view.js";
+import { LogView, tailRequest } from "../log-view.js";
 import { badge, busy, confirmDialog, pageHead, toast, toastError } from "../ui.js";
 
 export async function render({ main, params, signal, can, go }) {
   const id = Number(params[0]);
+  // The end of the log is asked for together with the execution: a big log shows at once.
+  const tail = tailRequest(`/api/v1/executions/${id}/log`, signal);
+  tail.catch(() => {}); // reported by the log view
   let e = await get(`/api/v1/executions/${id}`, null, signal);
   document.title = `${e.job_name} #${e.id} · tsubame-ci`;
 
@@ -54,7 +57,7 @@ export async function render({ main, params, signal, can, go }) {
     }, 150);
   };
   draw();
-  log.start();
+  log.start(tail);
   // Durations of what still runs tick every second.
   const ticker = setInterval(() => {
     for (const td of main.querySelectorAll('[data-end=""]')) {
