@@ -134,6 +134,25 @@ def test_add_a_server_and_test_its_connection(page: Any, fleet: Fleet, made: Mad
     expect(row).to_contain_text("SHA256:")
 
 
+def test_a_changed_host_key_is_a_warning_an_admin_can_resolve(page: Any, fleet_server: dict, fleet: Fleet,
+                                                              api: Client) -> None:
+    sid = fleet_server["id"]
+    api.ok("POST", f"/api/v1/servers/{sid}/test", status=200)  # pins the fleet's key (when not pinned yet)
+    psql("""UPDATE servers SET host_key_fingerprint = 'SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA'
+            WHERE id = :sid AND host = '127.0.0.1'""", sid=sid)
+    goto(page, f"/servers/{sid}")
+    page.get_by_role("button", name="Test connection").click()
+    warning = page.get_by_role("alert").filter(has_text="the host key has changed")
+    expect(warning).to_be_visible()
+    warning.get_by_role("button", name="Trust the new key").click()
+    dialog = page.get_by_role("dialog", name="Trust the new host key?")
+    expect(dialog).to_contain_text("intercepting")
+    dialog.get_by_role("button", name="Trust the new key").click()
+    expect(page.get_by_role("status").filter(has_text=f"Connected to {fleet_server['name']}")).to_be_visible()
+    pinned = api.ok("GET", f"/api/v1/servers/{sid}")["host_key"]["fingerprint_sha256"]
+    assert pinned in fleet.host_fingerprints()
+
+
 # --------------------------------------------------------------------------- jobs and live logs
 
 
