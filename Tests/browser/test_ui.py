@@ -205,6 +205,18 @@ def test_create_a_job_run_it_and_watch_the_log_arrive_live(page: Any, fleet: Fle
     shared["job"] = {"id": jid, "name": name}
 
 
+def test_the_cron_helper_shows_the_next_runs_and_explains_a_bad_expression(page: Any, fleet_server: dict) -> None:
+    goto(page, "/jobs/new")
+    page.get_by_label("Time zone", exact=True).fill("Asia/Tokyo")
+    page.get_by_label("Cron expression", exact=True).fill("30 2 * * *")
+    runs = page.get_by_role("list").filter(has_text="02:30")
+    expect(runs.get_by_role("listitem")).to_have_count(5)
+    expect(page.get_by_text("Next runs (Asia/Tokyo):")).to_be_visible()
+    page.get_by_label("Cron expression", exact=True).fill("61 * * * *")
+    expect(page.locator("#schedule-preview .field-error")).to_contain_text("schedule")
+    expect(page.get_by_label("Cron expression", exact=True)).to_have_attribute("aria-invalid", "true")
+
+
 def test_cancel_a_running_job(page: Any, made: Made, api: Client, executor: Any, fleet_server: dict) -> None:
     job = made.job([fleet_server["id"]], "echo started\nsleep 60\necho never\n", name=unique("ui-cancel"))
     e = api.ok("POST", f"/api/v1/jobs/{job['id']}/run", status=202)

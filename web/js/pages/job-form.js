@@ -223,11 +223,12 @@ function serverPicker(servers, selected) {
 /** Cron expression, time zone, misfire policy and the next 5 runs from the server. */
 function scheduleEditor(job) {
   const tzList = h("datalist", { id: "tz-list" }, ["UTC", ...(Intl.supportedValuesOf?.("timeZone") || [])].map((z) => h("option", { value: z })));
-  const expr = input("schedule", job?.schedule || "", { placeholder: "e.g. */15 * * * * (empty: manual only)", spellcheck: "false", class: "mono", autocomplete: "off" });
+  const expr = input("schedule", job?.schedule || "", { placeholder: "e.g. */15 * * * * (empty: manual only)", spellcheck: "false",
+    class: "mono", autocomplete: "off", "aria-describedby": "schedule-hint schedule-preview" });
   const tz = input("timezone", job?.timezone || Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC", { list: "tz-list", spellcheck: "false", autocomplete: "off" });
   const presets = select("preset", PRESETS, "", { "aria-label": "Schedule presets" });
   const misfire = select("misfire", [["run_once", "run once"], ["skip", "skip them"]], job?.misfire || "run_once");
-  const preview = h("div", { "aria-live": "polite" });
+  const preview = h("div", { "aria-live": "polite", id: "schedule-preview" });
   let timer = null;
   let seq = 0;
   const refresh = () => {
@@ -235,6 +236,7 @@ function scheduleEditor(job) {
     timer = setTimeout(async () => {
       const mine = ++seq;
       const schedule = expr.value.trim();
+      expr.removeAttribute("aria-invalid");
       if (!schedule) {
         replace(preview, h("p", { class: "muted", text: "No schedule: the job runs when started by hand, through the API or after other jobs." }));
         return;
@@ -247,7 +249,8 @@ function scheduleEditor(job) {
       } catch (err) {
         if (mine !== seq || !(err instanceof ApiError)) return;
         const msgs = err.errors.length ? err.errors.map((e) => `${e.field}: ${e.message}`) : [err.message];
-        replace(preview, h("p", { class: "field-error", text: msgs.join("; ") }));
+        replace(preview, h("p", { class: "field-error", id: "schedule-preview-error", text: msgs.join("; ") }));
+        if (err.errors.some((e) => e.field === "schedule")) expr.setAttribute("aria-invalid", "true");
       }
     }, 350);
   };
@@ -264,7 +267,7 @@ function scheduleEditor(job) {
     h("div", { class: "row" },
       h("div", { class: "field" }, h("label", { for: expr.id = "job-schedule", text: "Cron expression" }),
         h("div", { class: "inline" }, expr, presets),
-        h("p", { class: "hint", text: "minute hour day-of-month month day-of-week, or @hourly, @daily, @weekly, @monthly." })),
+        h("p", { class: "hint", id: "schedule-hint", text: "minute hour day-of-month month day-of-week, or @hourly, @daily, @weekly, @monthly." })),
       field("Time zone", tz), tzList,
       field("Slots missed while nothing ran", misfire)),
     preview);
