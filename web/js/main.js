@@ -1,151 +1,177 @@
-// tsubame-ci placeholder UI: sign in, show who is signed in, sign out.
-// Strict CSP: no inline code, and the DOM is only ever written with
-// textContent (never innerHTML), so API data cannot inject markup.
+// SPDX-License-Identifier: Apache-2.0
+// Entry module: the session, the hash router (#/jobs/12) and the header.
+// Each screen is a module in pages/, loaded on first use, exporting
+// render(ctx) which fills ctx.main and may return a cleanup function.
 
-const el = {
-  status: document.getElementById("status"),
-  error: document.getElementById("error"),
-  form: document.getElementById("login-form"),
-  username: document.getElementById("username"),
-  password: document.getElementById("password"),
-  loginButton: document.getElementById("login-button"),
-  session: document.getElementById("session"),
-  signedInAs: document.getElementById("signed-in-as"),
-  logoutButton: document.getElementById("logout-button"),
-};
+import { ApiError, get, isAbort, onUnauthorized, post, setCsrf } from "./api.js";
+import { h, ref, replace } from "./dom.js";
+import { empty, toast, toastError } from "./ui.js";
 
-// The CSRF token from login or /auth/me; sent as X-CSRF-Token on every
-// state-changing request. Kept in memory only.
-let csrfToken = null;
+/** Routes: pattern over the hash path, page module, nav item, minimum role. */
+const ROUTES = [
+  [/^\/$/, "dashboard", "dashboard"],
+  [/^\/servers$/, "servers", "servers"],
+  [/^\/servers\/new$/, "server-form", "servers", "admin"],
+  [/^\/servers\/(\d+)$/, "server-form", "servers"],
+  [/^\/jobs$/, "jobs", "jobs"],
+  [/^\/jobs\/new$/, "job-form", "jobs", "operator"],
+  [/^\/jobs\/(\d+)$/, "job-form", "jobs"],
+  [/^\/executions$/, "executions", "executions"],
+  [/^\/executions\/(\d+)$/, "execution", "executions"],
+  [/^\/users$/, "users", "users", "admin"],
+  [/^\/tokens$/, "tokens", "tokens"],
+  [/^\/audit$/, "audit", "audit", "admin"],
+  [/^\/login$/, "login", null],
+];
+const RANK = { viewer: 0, operator: 1, admin: 2 };
 
-class ApiError extends Error {
-  constructor(status, message) {
-    super(message);
-    this.status = status;
+const main = document.getElementById("main");
+const topbar = document.querySelector('[data-ref="topbar"]');
+
+/** The signed-in user ({id, username, role}) or null. */
+export const session = { user: null };
+
+/** True when the signed-in user has at least `role`. */
+export function can(role) {
+  return session.user !== null && RANK[session.user.role] >= RANK[role];
+}
+
+/** Parses location.hash: "#/executions?job_id=3" -> {path: "/executions", query: URLSearchParams}. */
+function currentRoute() {
+  const raw = location.hash.replace(/^#/, "") || "/";
+  const [path, qs] = raw.split("?", 2);
+  return { path: path || "/", query: new URLSearchParams(qs || ""), raw };
+}
+
+/** Navigates to a hash route ("/jobs/3", {q: "x"}), optionally replacing the history entry. */
+export function go(path, query, { replaceEntry = false } = {}) {
+  const qs = query ? new URLSearchParams(Object.entries(query).filter(([, v]) => v !== "" && v != null)).toString() : "";
+  const hash = `#${path}${qs ? `?${qs}` : ""}`;
+  if (location.hash === hash) {
+    render();
+  } else if (replaceEntry) {
+    history.replaceState(null, "", hash);
+    render();
+  } else {
+    location.hash = hash;
   }
 }
 
-// Turns a failed response into an ApiError whose message is the
-// problem+json `detail` (or `title`), falling back to the status line.
-async function apiError(response) {
-  let message = `${response.status} ${response.statusText}`.trim();
-  const type = response.headers.get("Content-Type") || "";
-  if (type.includes("json")) {
-    try {
-      const problem = await response.json();
-      message = problem.detail || problem.title || message;
-    } catch {
-      // Not JSON after all: keep the status line.
+function setSession(data) {
+  session.user = data ? data.user : null;
+  setCsrf(data ? data.csrf_token : null);
+  topbar.hidden = !session.user;
+  if (!session.user) return;
+  ref(topbar, "username").textContent = session.user.username;
+  ref(topbar, "role").textContent = session.user.role;
+  for (const a of topbar.querySelectorAll("[data-role]")) a.hidden = !can(a.dataset.role);
+}
+
+let current = { controller: null, cleanup: null };
+let renderCount = 0;
+
+async function render() {
+  current.controller?.abort();
+  if (typeof current.cleanup === "function") current.cleanup();
+  const controller = new AbortController();
+  current = { controller, cleanup: null };
+  const route = currentRoute();
+  const id = ++renderCount;
+
+  if (!session.user && route.path !== "/login") {
+    history.replaceState(null, "", `#/login?next=${encodeURIComponent(route.raw)}`);
+    return render();
+  }
+  const match = ROUTES.map(([re, page, nav, role]) => ({ m: route.path.match(re), page, nav, role })).find((r) => r.m);
+  for (const a of topbar.querySelectorAll("[data-nav]")) {
+    if (match && a.dataset.nav === match.nav) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+  main.setAttribute("aria-busy", "true");
+  try {
+    if (!match) {
+      document.title = "Not found · tsubame-ci";
+      replace(main, empty("There is no such page.", h("a", { class: "button", href: "#/", text: "Go to the dashboard" })));
+      return;
     }
-  }
-  const retry = response.headers.get("Retry-After");
-  if (response.status === 429 && retry) {
-    message += ` (try again in ${retry} s)`;
-  }
-  return new ApiError(response.status, message);
-}
-
-async function api(method, path, body) {
-  const headers = { Accept: "application/json" };
-  const init = { method, headers, credentials: "same-origin" };
-  if (body !== undefined) {
-    headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
-  }
-  if (method !== "GET" && csrfToken) {
-    headers["X-CSRF-Token"] = csrfToken;
-  }
-  let response;
-  try {
-    response = await fetch(path, init);
-  } catch {
-    throw new ApiError(0, "The server cannot be reached.");
-  }
-  if (!response.ok) {
-    throw await apiError(response);
-  }
-  return response.status === 204 ? null : response.json();
-}
-
-function showStatus(message) {
-  el.status.textContent = message;
-  el.status.hidden = !message;
-}
-
-function showError(message) {
-  el.error.textContent = message;
-  el.error.hidden = !message;
-}
-
-function showSignedOut() {
-  csrfToken = null;
-  el.session.hidden = true;
-  el.form.hidden = false;
-  showStatus("Not signed in.");
-  el.username.focus();
-}
-
-function showSignedIn(data) {
-  csrfToken = data.csrf_token;
-  const { username, role } = data.user;
-  el.form.hidden = true;
-  el.session.hidden = false;
-  showStatus("");
-  el.signedInAs.textContent = `Signed in as ${username} (${role})`;
-  el.logoutButton.focus();
-}
-
-async function loadSession() {
-  try {
-    showSignedIn(await api("GET", "/api/v1/auth/me"));
+    if (match.role && !can(match.role)) {
+      document.title = "Not allowed · tsubame-ci";
+      replace(main, empty(`This page needs the ${match.role} role; you are signed in as ${session.user.role}.`,
+        h("a", { class: "button", href: "#/", text: "Go to the dashboard" })));
+      return;
+    }
+    const module = await import(`./pages/${match.page}.js`);
+    if (id !== renderCount) return;
+    replace(main);
+    current.cleanup = await module.render({
+      main, params: match.m.slice(1), query: route.query, signal: controller.signal,
+      user: session.user, can, go, setSession, reload: render,
+    });
+    if (id !== renderCount && typeof current.cleanup === "function") current.cleanup();
   } catch (err) {
-    if (err.status === 401) {
-      showSignedOut();
-    } else {
-      showSignedOut();
-      showError(err.message);
-    }
+    if (isAbort(err) || id !== renderCount) return;
+    if (err instanceof ApiError && err.status === 401) return;
+    replace(main, h("div", { class: "notice bad", role: "alert" },
+      h("strong", { text: err instanceof ApiError && err.status === 404 ? "Not found" : "This page could not be shown" }),
+      err.message));
+  } finally {
+    if (id === renderCount) main.setAttribute("aria-busy", "false");
   }
 }
 
-async function onLogin(event) {
+/** Moves focus to the new page's heading after a navigation (not on first load). */
+function focusHeading() {
+  const heading = main.querySelector("h1");
+  if (heading) heading.focus({ preventScroll: true });
+}
+
+// The session ended (expired, revoked, signed out elsewhere): back to sign-in,
+// remembering where the user was.
+onUnauthorized(() => {
+  if (!session.user) return;
+  const { raw, path } = currentRoute();
+  setSession(null);
+  toast("Your session has ended. Sign in again to continue.", "error");
+  if (path !== "/login") go("/login", { next: raw, expired: "1" }, { replaceEntry: true });
+});
+
+async function signOut() {
+  try {
+    await post("/api/v1/auth/logout");
+  } catch (err) {
+    if (err.status !== 401) {
+      toastError(err);
+      return;
+    }
+  }
+  setSession(null);
+  toast("Signed out.");
+  go("/login", null, { replaceEntry: true });
+}
+
+document.querySelector('[data-action="sign-out"]').addEventListener("click", signOut);
+document.querySelector('[data-action="skip"]').addEventListener("click", (event) => {
   event.preventDefault();
-  showError("");
-  const username = el.username.value.trim();
-  const password = el.password.value;
-  if (!username || !password) {
-    showError("Enter a username and a password.");
-    return;
-  }
-  el.loginButton.disabled = true;
+  main.focus();
+});
+let firstRender = true;
+window.addEventListener("hashchange", async () => {
+  await render();
+  if (!firstRender) focusHeading();
+});
+
+async function boot() {
+  // The screen's module loads while the session is checked.
+  const first = ROUTES.find(([re]) => re.test(currentRoute().path));
+  if (first) import(`./pages/${first[1]}.js`).catch(() => {});
   try {
-    const data = await api("POST", "/api/v1/auth/login", { username, password });
-    el.password.value = "";
-    showSignedIn(data);
+    setSession(await get("/api/v1/auth/me"));
   } catch (err) {
-    showError(err.message);
-  } finally {
-    el.loginButton.disabled = false;
+    setSession(null);
+    if (err.status !== 401) toastError(err);
   }
+  await render();
+  firstRender = false;
 }
 
-async function onLogout() {
-  showError("");
-  el.logoutButton.disabled = true;
-  try {
-    await api("POST", "/api/v1/auth/logout");
-    showSignedOut();
-  } catch (err) {
-    if (err.status === 401) {
-      showSignedOut(); // The session had already ended.
-    } else {
-      showError(err.message);
-    }
-  } finally {
-    el.logoutButton.disabled = false;
-  }
-}
-
-el.form.addEventListener("submit", onLogin);
-el.logoutButton.addEventListener("click", onLogout);
-loadSession();
+boot();
