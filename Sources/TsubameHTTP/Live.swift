@@ -24,10 +24,9 @@ enum Live {
     // MARK: - GET /executions/{id}/log
 
     /// Which chunks a log request asks for: seq in (after, before), the first `limit` of them
-    /// (`fromEnd`: the last `limit`, for paging back); with `tail`, the last `tail` chunks.
+    /// (`fromEnd`: the last `limit`, for paging back and the tail).
     struct LogWindow {
         var after: Int64
-        var tail: Int64?
         var before: Int64?
         var limit: Int64
         var fromEnd: Bool
@@ -50,12 +49,13 @@ enum Live {
         let id = ctx.id()
         let hub = ctx.app.hub
         let mark = hub?.mark ?? 0
-        var window = LogWindow(after: after ?? 0, tail: tail, before: before, limit: tail ?? limit, fromEnd: before != nil)
+        // The tail is read from the end (like paging back), so the 2 MiB page cap keeps the last chunks.
+        var window = LogWindow(after: after ?? 0, before: before, limit: tail ?? limit, fromEnd: before != nil || tail != nil)
         let page = try read(try ctx.db, id, window)
         if let r = respond(page, window, final: wait == 0 || hub == nil || before != nil) { return r }
         // Parked: from now on the question is "anything after what the caller has, or a new status".
         window.after = page.after
-        window.tail = nil
+        window.fromEnd = false
         window.status = page.status
         let park = Park(topic: .log(id), shareKey: "log:\(id):\(window.after):\(window.limit):\(page.status)", after: window.after,
                         deadline: LiveHub.now + Double(wait)) { [window] app, final in
@@ -67,21 +67,18 @@ enum Live {
     struct LogPage {
         var status: String
         var lastSeq: Int64
-        /// `after` as applied (with `tail`: the last seq minus tail).
         var after: Int64
         var chunks: [PGRow]
     }
 
     /// The execution's status and last seq and the page of chunks, in one statement (a long-poll's re-check is
-    /// this plus nothing). seq is dense per execution (1, 2, 3, … handed out under the row lock), so the tail is a
-    /// seq range. A running byte total stops the page once it holds pageBytes (octet_length reads the stored
-    /// size, not the data).
+    /// this plus nothing). A running byte total stops the page once it holds pageBytes (octet_length reads the
+    /// stored size, not the data); read from the end, the page keeps the chunks nearest the end.
     static func read(_ db: PGConnection, _ id: Int64, _ w: LogWindow) throws -> LogPage {
         let order = w.fromEnd ? "DESC" : "ASC"
         let rows = try db.query("""
             WITH e AS (
-                SELECT status, last_seq, CASE WHEN $6::bigint IS NULL THEN $2::bigint ELSE greatest(0, last_seq - $6) END AS after
-                FROM executions WHERE id = $1
+                SELECT status, last_seq, $2::bigint AS after FROM executions WHERE id = $1
             )
             SELECT e.status, e.last_seq, e.after, c.seq, c.server_id, c.stream, c.data, c.at_text
             FROM e LEFT JOIN LATERAL (
@@ -94,7 +91,7 @@ enum Live {
                 ) page WHERE before_bytes < $5
             ) c ON true
             ORDER BY c.seq
-            """, [id, w.after, w.before, w.limit, pageBytes, w.tail])
+            """, [id, w.after, w.before, w.limit, pageBytes])
         guard let first = rows.first else { throw APIError.notFound("execution") }
         return LogPage(status: first.string("status"), lastSeq: first.int64("last_seq"), after: first.int64("after"),
                        chunks: rows.filter { $0["seq"] != nil })

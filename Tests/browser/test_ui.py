@@ -249,6 +249,16 @@ def test_filter_the_history(page: Any) -> None:
     expect(page.get_by_role("link", name=f"Execution {eid} of {job['name']}")).to_be_visible()
 
 
+def test_the_audit_log_shows_who_did_what(page: Any, made: Made) -> None:
+    server = made.server(name=unique("ui-audited"))
+    goto(page, "/audit")
+    expect(page.get_by_role("heading", name="Audit", level=1)).to_be_visible()
+    table = page.get_by_role("table", name="Audit log")
+    row = table.get_by_role("row").filter(has_text=f"server:{server['id']}").first
+    expect(row).to_contain_text("server.create")
+    expect(row).to_contain_text("admin")
+
+
 def test_markup_in_names_and_output_is_shown_as_text(page: Any, made: Made, api: Client, executor: Any, fleet_server: dict) -> None:
     body = {"name": XSS_NAME, "description": "<b>bold?</b>", "server_ids": [fleet_server["id"]], "tags": ["xss"],
             "script": f"echo '{XSS_OUTPUT}'\necho '<img src=y onerror=alert(2)>' >&2\n"}

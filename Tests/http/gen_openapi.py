@@ -557,6 +557,17 @@ schemas["Stats"] = {
                            "cancelled": COUNT, "timed_out": COUNT}}},
     },
 }
+schemas["AuditEntry"] = {
+    "type": "object",
+    "required": ["id", "at", "user_id", "username", "action", "target", "address", "detail"],
+    "properties": {
+        "id": {"type": "integer", "format": "int64"}, "at": {"type": "string", "format": "date-time"},
+        "user_id": {"type": ["integer", "null"], "format": "int64"}, "username": {"type": "string"},
+        "action": {"type": "string", "description": "e.g. `server.create`, `job.run`, `auth.login`."},
+        "target": {"type": "string", "description": "e.g. `server:12`."}, "address": {"type": "string"},
+        "detail": {"type": "object"},
+    },
+}
 schemas["SchedulePreview"] = {
     "type": "object",
     "required": ["schedule", "timezone", "next_runs"],
@@ -584,6 +595,7 @@ schemas["TokenList"] = list_schema("Token")
 schemas["ServerList"] = list_schema("Server")
 schemas["JobList"] = list_schema("Job")
 schemas["ExecutionList"] = list_schema("Execution")
+schemas["AuditList"] = list_schema("AuditEntry")
 
 # ---- responses -------------------------------------------------------------
 
@@ -881,7 +893,8 @@ LOG_PARAMS = [
                     "least one chunk; `next_seq` says where to go on).",
      "schema": {"type": "integer", "minimum": 1, "maximum": 5000, "default": 1000}},
     {"name": "tail", "in": "query", "required": False,
-     "description": "The last N chunks (the end of a long log, at once); not with `after` or `before`.",
+     "description": "The last N chunks (the end of a long log, at once; with the 2 MiB cap, the chunks nearest "
+                    "the end); not with `after` or `before`.",
      "schema": {"type": "integer", "minimum": 1, "maximum": 5000}},
     {"name": "before", "in": "query", "required": False,
      "description": "Paging back: the last `limit` chunks with a smaller seq (answers at once, no wait).",
@@ -923,6 +936,13 @@ paths["/api/v1/events"] = {
                    "`after` = `next` never misses nor repeats one."),
 }
 
+paths["/api/v1/audit"] = {
+    "get": op("listAudit", "The audit log, newest first (admin)", "operations",
+              dict({"200": json_ok("A page of audit entries.", REF("AuditList"))},
+                   **errs("400", "401", "403", "503")),
+              params=LIST_PARAMS,
+              desc="Every write and every sign-in (and failed sign-in): who, what, which object, from which address."),
+}
 paths["/api/v1/stats"] = {
     "get": op("getStats", "Counts, success rate and daily history for the dashboard", "operations",
               dict({"200": json_ok("The figures over the last `days` days (UTC).", REF("Stats"))},

@@ -244,8 +244,10 @@ def test_a_page_stops_at_two_mebibytes(runs: Callable[[], int], viewer: Client) 
     # 700 KiB chunks: the third starts below 2 MiB, the fourth would start above it.
     assert [c["seq"] for c in page["chunks"]] == [1, 2, 3] and page["next_seq"] == 3
     assert [c["seq"] for c in log(viewer, eid, after=3)["chunks"]] == [4]
-    # Paging back keeps the chunks nearest to `before`.
+    # Paging back and the tail keep the chunks nearest to the end.
     assert [c["seq"] for c in log(viewer, eid, before=5, limit=100)["chunks"]] == [2, 3, 4]
+    tail = log(viewer, eid, tail=100)
+    assert [c["seq"] for c in tail["chunks"]] == [2, 3, 4] and tail["next_seq"] == 4
 
 
 def test_log_txt_streams_every_chunk(runs: Callable[[], int], viewer: Client) -> None:

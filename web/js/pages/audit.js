@@ -21,17 +21,7 @@ export async function render({ main, signal }) {
     return page;
   };
   more.addEventListener("click", () => busy(more, loadPage).catch(toastError));
-  let first;
-  try {
-    first = await loadPage();
-  } catch (err) {
-    if (err.status === 404 || err.status === 405) {
-      replace(body, empty("This server does not offer the audit log over the API yet (GET /api/v1/audit). "
-        + "Writes are recorded in the audit_log table meanwhile."));
-      return;
-    }
-    throw err;
-  }
+  const first = await loadPage();
   if (!first.items.length) {
     replace(body, empty("Nothing recorded yet."));
     return;
