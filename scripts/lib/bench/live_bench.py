@@ -49,6 +49,8 @@ THREADS = int(ENV.get("BENCH_THREADS", "2"))
 PSQL = ENV["BENCH_PSQL"]
 DB_URL = ENV["BENCH_DB_URL"]
 MEASURE = float(ENV.get("BENCH_MEASURE_SECONDS", "8"))
+# Watcher processes at most (one per 250 watchers): one Python event loop serving 2,000 watchers adds its own delay.
+PROCESSES = int(ENV.get("BENCH_WATCHER_PROCESSES", "4"))
 ERRORS = []
 
 
@@ -126,8 +128,10 @@ def cancel(a, ids):
 class Watchers:
     """N long-polling clients; latencies of lines printed after `counting_from`."""
 
-    def __init__(self, token, executions, n, starts):
+    def __init__(self, token, executions, n, starts, first=0, step=1, counting_from=None):
         self.token, self.executions, self.n, self.starts = token, executions, n, starts
+        # Client k of this process is watcher first + k * step of all processes (it follows execution index % count).
+        self.first, self.step, self.fixed_start = first, step, counting_from
         self.latencies = []
         self.counting_from = float("inf")
         self.parked = 0
@@ -163,7 +167,7 @@ class Watchers:
         return status, body
 
     async def client(self, i):
-        execution = self.executions[i % len(self.executions)]
+        execution = self.executions[(self.first + i * self.step) % len(self.executions)]
         after = self.starts[execution]
         reader, writer = await asyncio.open_connection(U.hostname, U.port)
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -205,8 +209,12 @@ class Watchers:
             tasks.append(asyncio.ensure_future(self.client(i)))
             if i % 100 == 99:
                 await asyncio.sleep(0.05)  # the FastCGI socket's backlog is 1024: connect in waves
-        await asyncio.sleep(1.5)
-        self.counting_from = time.time()
+        if self.fixed_start is None:
+            await asyncio.sleep(1.5)
+            self.counting_from = time.time()
+        else:
+            self.counting_from = self.fixed_start
+            await asyncio.sleep(max(0.0, self.fixed_start - time.time()))
         result = await during() if during else None
         if not during:
             await asyncio.sleep(seconds)
@@ -219,6 +227,42 @@ def last_seqs(a, executions):
 
 
 # ------------------------------------------------------------ resources
+GROUPS = {"tsubame-worker": "workers", "tsubame-pool": "workers", "nginx": "nginx", "postgres": "postgres",
+          "tsubame-executo": "executor", "sshd": "sshd", "sh": "sshd", "date": "sshd", "sleep": "sshd"}
+
+
+def cpu_by_group():
+    """CPU seconds so far of this stack's process groups (by command name), of this driver, and of the machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {g: 0.0 for g in set(GROUPS.values())}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                data = f.read()
+        except OSError:
+            continue
+        name = data[data.index("(") + 1:data.rindex(")")]
+        fields = data[data.rindex(")") + 2:].split()
+        group = GROUPS.get(name)
+        if group:
+            out[group] += (int(fields[11]) + int(fields[12])) / tick
+    usage = os.times()
+    out["driver"] = usage.user + usage.system + usage.children_user + usage.children_system
+    with open("/proc/stat") as f:
+        cpu = [int(x) for x in f.readline().split()[1:]]
+    out["machine"] = (sum(cpu[:8]) - cpu[3] - cpu[4]) / tick
+    return out
+
+
+def cpu_share(before, after, seconds):
+    """Per group: cores used on average over the interval (2.0 = both cores)."""
+    d = {k: after[k] - before[k] for k in after}
+    d["other"] = d["machine"] - sum(v for k, v in d.items() if k != "machine")
+    return {k: round(max(v, 0) / seconds, 2) for k, v in d.items()}
+
+
 def pg_backends():
     r = subprocess.run([PSQL, "-X", "-q", "-t", "-A", "-d", DB_URL, "-c",
                         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"],
@@ -258,19 +302,23 @@ async def wrk(token):
 def main():
     a, token, servers = setup()
     tick_jobs = {period: [job(a, f"tick-{period}-{i}", ticker(period, 600), s) for i, s in enumerate(servers)]
-                 for period in ("0.2", "1")}
+                 for period in sorted({"0.2", "1", ENV.get("BENCH_PERIOD") or "1"})}
     silent = [job(a, f"silent-{i}", "sleep 600\n", s) for i, s in enumerate(servers)]
-    out = {"p50_ms": {}, "p99_ms": {}, "samples": {}, "errors_by_waiters": {}}
+    out = {"p50_ms": {}, "p99_ms": {}, "samples": {}, "errors_by_waiters": {}, "cores": {}}
 
     for n in WAITERS:
-        period = "0.2" if n <= 100 else "1"
+        period = ENV.get("BENCH_PERIOD") or ("0.2" if n <= 100 else "1")
         count = min(n, len(servers))
         runs = start_runs(a, tick_jobs[period][:count])
-        w = Watchers(token, runs, n, last_seqs(a, runs))
-        log(f"latency: {n} watchers on {count} executions printing a line every {period} s, {MEASURE:.0f} s")
-        tasks, _ = asyncio.run(_measure(w, MEASURE))
+        starts = last_seqs(a, runs)
+        procs = min(PROCESSES, max(1, n // 250))
+        log(f"latency: {n} watchers on {count} executions printing a line every {period} s, {MEASURE:.0f} s, "
+            f"{procs} client process(es)")
+        c0, t0 = cpu_by_group(), time.time()
+        lat, errors = watch_in_processes(token, runs, n, starts, procs)
+        out.setdefault("cores", {})[str(n)] = cpu_share(c0, cpu_by_group(), time.time() - t0)
         cancel(a, runs)
-        lat = w.latencies
+        w = type("W", (), {"errors": errors})
         out["p50_ms"][str(n)] = round(pct(lat, 0.5), 2) if lat else None
         out["p99_ms"][str(n)] = round(pct(lat, 0.99), 2) if lat else None
         out["samples"][str(n)] = len(lat)
@@ -303,6 +351,39 @@ def main():
     out["crud_ratio"] = round(out["crud_rps_with_waiters"] / out["crud_rps_idle"], 3)
     out["errors"] = ERRORS
     print(json.dumps(out))
+
+
+def watch_in_processes(token, runs, n, starts, procs):
+    """n watchers split over `procs` forked processes (so the watchers' own CPU is spread over the cores);
+    returns every latency and the error count."""
+    counting_from = time.time() + 1.5 + n / 2000
+    children = []
+    for k in range(procs):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            share = len(range(k, n, procs))
+            watchers = Watchers(token, runs, share, starts, first=k, step=procs, counting_from=counting_from)
+            asyncio.run(_measure(watchers, MEASURE))
+            with os.fdopen(w, "w") as f:
+                json.dump({"latencies": watchers.latencies, "errors": watchers.errors}, f)
+            os._exit(0)
+        os.close(w)
+        children.append((pid, r))
+    latencies, errors = [], 0
+    for pid, r in children:
+        with os.fdopen(r) as f:
+            data = f.read()
+        os.waitpid(pid, 0)
+        try:
+            got = json.loads(data)
+        except ValueError:
+            errors += 1
+            continue
+        latencies += got["latencies"]
+        errors += got["errors"]
+    return latencies, errors
 
 
 async def _measure(w, seconds, during=None):
