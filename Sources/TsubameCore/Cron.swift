@@ -107,7 +107,7 @@ public struct CronSchedule: Sendable, Equatable {
                     for m in sortedMinutes {
                         var dc = DateComponents(year: c.year, month: c.month, day: c.day, hour: h, minute: m)
                         dc.timeZone = timeZone
-                        // For a skipped wall-clock time Foundation answers the instant after the gap.
+                        // A skipped wall-clock time comes back moved forward by the gap (02:30 → 03:30); a repeated one, its first occurrence.
                         guard let t = cal.date(from: dc), t > after else { continue }
                         if let last = results.last, t <= last { continue }
                         results.append(t)

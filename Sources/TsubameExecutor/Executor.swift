@@ -33,6 +33,8 @@ public struct ExecutorSettings: Sendable {
     /// (scripts/bench exec, 200 MB): PostgreSQL spends ~1 ms of CPU per statement besides the bytes, so 256 KiB
     /// statements cost it 1.2-1.5 CPU s, 1 MiB 0.6 s, 2 MiB 0.45 s, 4 MiB 0.3-0.4 s (but ~5 MiB more executor RSS).
     public var statementBytes = 2 << 20
+    /// How often the scheduler looks for due slots (a slot fires at most this late, plus the claim).
+    public var scheduleTickSeconds = 1.0
     public var idleSessionSeconds = 0.0
     public var channelsPerConnection = 8
 
@@ -122,7 +124,7 @@ public final class Executor: @unchecked Sendable {
 
     func controlLoop() {
         var db: PGConnection? = nil
-        var lastHeartbeat = Date.distantPast, lastReap = Date.distantPast, lastClaim = Date.distantPast
+        var lastHeartbeat = Date.distantPast, lastReap = Date.distantPast, lastClaim = Date.distantPast, lastTick = Date.distantPast
         var wake = true
         while !isStopping {
             do {
@@ -146,10 +148,19 @@ public final class Executor: @unchecked Sendable {
                     try Events.prune(conn)
                     lastReap = Date()
                 }
+                if Date().timeIntervalSince(lastTick) >= settings.scheduleTickSeconds {
+                    // Scheduled jobs: whichever executor gets the lock fires what is due (its NOTIFY wakes the others).
+                    let tick = try Scheduler.tick(conn, now: Date())
+                    if !tick.created.isEmpty {
+                        Log.info("scheduled runs queued", [("executions", .int(tick.created.count)), ("skipped", .int(tick.skipped))])
+                        wake = true
+                    }
+                    lastTick = Date()
+                }
                 if wake { try claim(conn); wake = false; lastClaim = Date() }
                 // Jittered poll: a missed NOTIFY costs at most one interval.
                 let jitter = settings.pollSeconds * Double.random(in: 0.8...1.2)
-                let timeout = min(jitter, settings.heartbeatSeconds)
+                let timeout = min(jitter, settings.heartbeatSeconds, max(0.01, settings.scheduleTickSeconds - Date().timeIntervalSince(lastTick)))
                 for (channel, payload) in try conn.notifications(timeout: timeout) {
                     if channel == Queue.cancelChannel, let execution = Int64(payload) { cancelExecution(execution) } else { wake = true }
                 }

@@ -259,7 +259,9 @@ public final class PGConnection: @unchecked Sendable {
     }
 
     /// Runs `body` in a transaction: committed when it returns, rolled back when it throws.
+    /// Inside another transaction, `body` simply runs in it (an error rolls back the outer one).
     public func transaction<T>(_ body: () throws -> T) throws -> T {
+        if transactionDepth > 0 { return try body() }
         try refreshIfStale()
         try execute("BEGIN")
         transactionDepth += 1

@@ -3,7 +3,7 @@
 // reap. Every write after the claim names the executor and the state it
 // expects, so a late write from an executor that lost its lease changes nothing.
 
-import Foundation
+public import Foundation
 public import TsubameCore
 
 /// A target handed to an executor by `claim`.
@@ -50,18 +50,22 @@ public enum Queue {
 
     /// Creates an execution and one target per server of the job, then NOTIFYs executors. Returns the execution id.
     public static func enqueue(_ db: PGConnection, jobID: Int64, trigger: String, userID: Int64?, username: String?,
-                               envOverrides: JSON?, parentID: Int64? = nil, onlyServers: [Int64]? = nil) throws -> Int64? {
+                               envOverrides: JSON?, parentID: Int64? = nil, onlyServers: [Int64]? = nil,
+                               scheduleSlot: Date? = nil) throws -> Int64? {
         try db.transaction { () throws -> Int64? in
             guard let job = try db.query("""
                 SELECT name, script, env, secret_env, secret_key_id, timeout_seconds, max_parallel, retries FROM jobs WHERE id = $1 FOR SHARE
                 """, [jobID]).first else { return nil }
-            let id = try db.query("""
+            // A slot already made (another scheduler was first) gives no row: nothing more to do.
+            guard let id = try db.query("""
                 INSERT INTO executions (job_id, job_name, trigger, triggered_by, triggered_by_name, parent_id, script, env, secret_env,
-                                        secret_key_id, timeout_seconds, max_parallel, retries)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb || coalesce($9::jsonb, '{}'), $10, $11, $12, $13, $14) RETURNING id
+                                        secret_key_id, timeout_seconds, max_parallel, retries, schedule_slot)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb || coalesce($9::jsonb, '{}'), $10, $11, $12, $13, $14, $15)
+                ON CONFLICT (job_id, schedule_slot) WHERE schedule_slot IS NOT NULL DO NOTHING RETURNING id
                 """, [jobID, job.string("name"), trigger, userID, username, parentID, job.string("script"), job.string("env"),
                       envOverrides, job["secret_env"].map { _ in Bytea(job.bytea("secret_env") ?? []) }, job["secret_key_id"],
-                      job.int("timeout_seconds"), job.int("max_parallel"), job.int("retries")])[0].int64("id")
+                      job.int("timeout_seconds"), job.int("max_parallel"), job.int("retries"), scheduleSlot]).first?.int64("id")
+            else { return nil }
             try db.query("""
                 INSERT INTO execution_targets (execution_id, server_id, server_name, position)
                 SELECT $1, s.id, s.name, js.position FROM job_servers js JOIN servers s ON s.id = js.server_id

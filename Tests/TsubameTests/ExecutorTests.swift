@@ -118,6 +118,25 @@ struct ExecutorTests {
         #expect(Set(chunks.compactMap { $0["stream"]?.stringValue }) == ["stdout", "stderr", "system"])
     }
 
+    @Test func theExecutorFiresADueScheduleAndRunsIt() throws {
+        let runner = FakeRunner()
+        let e = start(runner)
+        defer { e.stop() }
+        let jobID = job(#"{"name":"every-minute","script":"true","server_ids":[SERVER],"schedule":"* * * * *"}"#)
+        // Due now (as if its minute had just come): the executor's next tick fires it.
+        try db.query("UPDATE jobs SET next_run_at = date_trunc('second', now()) WHERE id = $1", [jobID])
+        let deadline = Date().addingTimeInterval(5)
+        var runs: [PGRow] = []
+        while runs.isEmpty && Date() < deadline {
+            runs = try db.query("SELECT id FROM executions WHERE job_id = $1 AND trigger = 'schedule' AND schedule_slot IS NOT NULL", [jobID])
+            usleep(50_000)
+        }
+        #expect(runs.count == 1)
+        #expect(waitFinished(runs.first?.int64("id") ?? 0)["status"] == "succeeded")
+        let next = try db.query("SELECT next_run_at > now() AS later FROM jobs WHERE id = $1", [jobID])
+        #expect(next.first?.bool("later") == true)
+    }
+
     @Test func failuresRetryThenFail() throws {
         let runner = FakeRunner()
         runner.script = { _ in ([(.stderr, "boom\n")], .exited(3), false) }
