@@ -214,6 +214,16 @@ enum Jobs {
             if let r = i.runAfter {
                 if r.contains(id) { throw APIError.validation([FieldError("run_after", "a job cannot run after itself")]) }
                 try requireExisting(db, table: "jobs", field: "run_after", r)
+                // A job listed here must not itself run (directly or through others) after this one: that would loop.
+                if let loop = try db.query("""
+                    WITH RECURSIVE after_this(id) AS (
+                        SELECT j.id FROM jobs j WHERE $1 = ANY(j.run_after)
+                        UNION SELECT j.id FROM jobs j JOIN after_this a ON a.id = ANY(j.run_after)
+                    ) SELECT id FROM after_this WHERE id = ANY($2::bigint[]) ORDER BY id LIMIT 1
+                    """, [id, Int64Array(r)]).first {
+                    throw APIError.validation([FieldError("run_after",
+                        "job \(loop.int64("id")) already runs after this job (directly or through others): that would be a cycle")])
+                }
             }
             var secretChange: (Bytea?, String?, TextArray)? = nil
             if let changes = i.secretEnv {

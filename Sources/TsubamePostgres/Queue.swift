@@ -206,7 +206,7 @@ public enum Queue {
     /// (without the lock each saw the other's target still running and the execution stayed `running`).
     public static func finalizeIfDone(_ db: PGConnection, executionID: Int64) throws {
         try db.query("SELECT 1 FROM executions WHERE id = $1 FOR UPDATE", [executionID])
-        try db.query("""
+        let finished = try db.query("""
             UPDATE executions e SET
                 status = CASE
                     WHEN bool_or_cancel THEN 'cancelled'
@@ -229,7 +229,14 @@ public enum Queue {
                 FROM execution_targets WHERE execution_id = $1
             ) agg
             WHERE e.id = $1 AND e.status IN ('queued', 'running') AND NOT coalesce(agg.busy, false)
+            RETURNING e.status, e.job_id
             """, [executionID])
+        // Finished just now, and succeeded: the jobs that run after this one are queued in the same transaction (once).
+        guard let done = finished.first, done.string("status") == "succeeded", let job = done.optInt64("job_id") else { return }
+        for dependent in try db.query("SELECT id FROM jobs WHERE $1 = ANY(run_after) AND enabled ORDER BY id", [job]) {
+            _ = try enqueue(db, jobID: dependent.int64("id"), trigger: "dependency", userID: nil, username: nil, envOverrides: nil,
+                            parentID: executionID)
+        }
     }
 
     /// Marks targets whose lease expired as failed (their executor was lost), with a system log line. Returns how many.

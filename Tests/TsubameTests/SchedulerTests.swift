@@ -144,6 +144,41 @@ struct SchedulerTests {
     }
 }
 
+extension SchedulerTests {
+    @Test func aSucceededRunQueuesTheJobsThatRunAfterIt() throws {
+        let a = job("0 0 1 1 *"), b = job("0 0 1 1 *"), c = job("0 0 1 1 *")
+        #expect(admin.patch("/api/v1/jobs/\(b)", #"{"run_after":[\#(a)]}"#).status == 200)
+        #expect(admin.patch("/api/v1/jobs/\(c)", #"{"run_after":[\#(b)]}"#).status == 200)
+        // a → b → c: a running after c (or after b) would be a cycle.
+        for parent in [c, b] {
+            let r = admin.patch("/api/v1/jobs/\(a)", #"{"run_after":[\#(parent)]}"#)
+            #expect(r.status == 422 && r.text.contains("cycle"), "\(r.text)")
+        }
+        func finish(_ execution: Int64, _ status: String) throws {
+            try db.transaction {
+                try db.query("UPDATE execution_targets SET status = $2, finished_at = now(), exit_code = CASE WHEN $2 = 'succeeded' THEN 0 ELSE 1 END WHERE execution_id = $1",
+                             [execution, status])
+                try Queue.finalizeIfDone(db, executionID: execution)
+            }
+        }
+        func runs(_ job: Int64) throws -> [PGRow] {
+            try db.query("SELECT id, trigger, parent_id FROM executions WHERE job_id = $1 ORDER BY id", [job])
+        }
+        let first = admin.post("/api/v1/jobs/\(a)/run").json["id"]?.int64Value ?? 0
+        try finish(first, "failed")
+        #expect(try runs(b).isEmpty)
+        let second = admin.post("/api/v1/jobs/\(a)/run").json["id"]?.int64Value ?? 0
+        try finish(second, "succeeded")
+        let bRuns = try runs(b)
+        #expect(bRuns.count == 1 && bRuns.first?.string("trigger") == "dependency" && bRuns.first?.int64("parent_id") == second)
+        // Finalizing again changes nothing; b's success queues c.
+        try finish(second, "succeeded")
+        #expect(try runs(b).count == 1)
+        try finish(bRuns[0].int64("id"), "succeeded")
+        #expect(try runs(c).first?.int64("parent_id") == bRuns[0].int64("id"))
+    }
+}
+
 /// A sum taken from several threads.
 final class Counts: @unchecked Sendable {
     private let lock = NSLock()

@@ -380,7 +380,9 @@ JOB_FIELDS = {
     "tags": TAGS,
     "enabled": {"type": "boolean", "default": True},
     "notify": {"type": "array", "items": REF("NotifyInput")},
-    "run_after": {"type": "array", "items": ID, "description": "Ids of existing jobs."},
+    "run_after": {"type": "array", "items": ID,
+                  "description": "Ids of existing jobs: when a run of any of them succeeds, this job runs "
+                                 "(`trigger: dependency`, `parent_id` = that run). 422 when it would make a cycle."},
 }
 schemas["JobCreate"] = {
     "type": "object",
