@@ -12,7 +12,7 @@ enum Jobs {
     static let columns = """
         j.id, j.name, j.description, j.script, j.env::text AS env_json, to_json(j.secret_env_names)::text AS secret_names_json,
         j.timeout_seconds, j.schedule, j.timezone, j.misfire, j.concurrency, j.max_parallel, j.retries,
-        to_json(j.tags)::text AS tags_json, j.enabled, j.notify::text AS notify_json, to_json(j.run_after)::text AS run_after_json,
+        to_json(j.tags)::text AS tags_json, j.enabled, j.notify::text AS notify_json, to_json(j.run_after)::text AS run_after_json, j.run_after_condition,
         (SELECT coalesce(json_agg(js.server_id ORDER BY js.position), '[]') FROM job_servers js WHERE js.job_id = j.id)::text AS servers_json,
         \(tsSQL("j.created_at", as: "created")), \(tsSQL("j.updated_at", as: "updated")),
         (SELECT json_build_object('id', e.id, 'status', e.status, 'finished_at',
@@ -34,7 +34,8 @@ enum Jobs {
             ("next_runs", .array(nextRuns)), ("concurrency", .string(r.string("concurrency"))),
             ("max_parallel", .int(r.int("max_parallel"))), ("retries", .int(r.int("retries"))), ("tags", r.json("tags_json")),
             ("enabled", .bool(r.bool("enabled"))), ("notify", r.json("notify_json")), ("run_after", r.json("run_after_json")),
-            ("last_execution", r.json("last_json")), ("created_at", ts(r, "created")), ("updated_at", ts(r, "updated")),
+            ("run_after_condition", .string(r.string("run_after_condition"))), ("last_execution", r.json("last_json")),
+            ("created_at", ts(r, "created")), ("updated_at", ts(r, "updated")),
         ])
     }
 
@@ -63,7 +64,7 @@ enum Jobs {
     }
 
     struct Input {
-        var name, description, script, timezone, misfire, concurrency: String?
+        var name, description, script, timezone, misfire, concurrency, runAfterCondition: String?
         var schedule: String??
         var serverIDs, runAfter: [Int64]?
         var env: [(String, String?)]?
@@ -100,6 +101,7 @@ enum Jobs {
             b.fail("timezone", "must be an IANA time zone name such as UTC or Europe/Berlin")
         }
         i.misfire = b.oneOf("misfire", .optional, ["run_once", "skip"])
+        i.runAfterCondition = b.oneOf("run_after_condition", .optional, ["success", "failure", "always"])
         i.concurrency = b.oneOf("concurrency", .optional, ["allow", "skip", "queue"])
         i.maxParallel = b.int("max_parallel", .optional, range: 1...1000)
         i.retries = b.int("retries", .optional, range: 0...10)
@@ -186,12 +188,12 @@ enum Jobs {
             do {
                 id = try db.query("""
                     INSERT INTO jobs (name, description, script, env, secret_env, secret_key_id, secret_env_names, timeout_seconds,
-                        schedule, timezone, misfire, concurrency, max_parallel, retries, tags, enabled, notify, run_after)
-                    VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::jsonb, $18) RETURNING id
+                        schedule, timezone, misfire, concurrency, max_parallel, retries, tags, enabled, notify, run_after, run_after_condition)
+                    VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::jsonb, $18, $19) RETURNING id
                     """, [name, i.description ?? "", script, envObject(i.env ?? []), secret, keyID, secretNames, i.timeout ?? 3600,
                           i.schedule ?? nil, i.timezone ?? "UTC", i.misfire ?? "skip", i.concurrency ?? "allow", i.maxParallel ?? 10,
                           i.retries ?? 0, TextArray(i.tags ?? []), i.enabled ?? true, i.notify ?? .array([]),
-                          Int64Array(i.runAfter ?? [])])[0].int64("id")
+                          Int64Array(i.runAfter ?? []), i.runAfterCondition ?? "success"])[0].int64("id")
             } catch let e as PGError where e.isUniqueViolation {
                 throw APIError.conflict("A job named \(name) already exists.")
             }
@@ -248,12 +250,12 @@ enum Jobs {
                         timezone = coalesce($13, timezone), misfire = coalesce($14, misfire), concurrency = coalesce($15, concurrency),
                         max_parallel = coalesce($16, max_parallel), retries = coalesce($17, retries), tags = coalesce($18, tags),
                         enabled = coalesce($19, enabled), notify = coalesce($20::jsonb, notify), run_after = coalesce($21, run_after),
-                        updated_at = now()
+                        run_after_condition = coalesce($22, run_after_condition), updated_at = now()
                     WHERE id = $1
                     """, [id, i.name, i.description, i.script, i.env.map(envObject), secretChange != nil, secretChange?.0,
                           secretChange?.1, secretChange?.2, i.timeout, i.schedule != nil, i.schedule ?? nil, i.timezone, i.misfire,
                           i.concurrency, i.maxParallel, i.retries, i.tags.map(TextArray.init), i.enabled, i.notify,
-                          i.runAfter.map(Int64Array.init)])
+                          i.runAfter.map(Int64Array.init), i.runAfterCondition])
             } catch let e as PGError where e.isUniqueViolation {
                 throw APIError.conflict("A job named \(i.name ?? "") already exists.")
             }

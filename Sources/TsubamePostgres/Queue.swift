@@ -231,9 +231,14 @@ public enum Queue {
             WHERE e.id = $1 AND e.status IN ('queued', 'running') AND NOT coalesce(agg.busy, false)
             RETURNING e.status, e.job_id
             """, [executionID])
-        // Finished just now, and succeeded: the jobs that run after this one are queued in the same transaction (once).
-        guard let done = finished.first, done.string("status") == "succeeded", let job = done.optInt64("job_id") else { return }
-        for dependent in try db.query("SELECT id FROM jobs WHERE $1 = ANY(run_after) AND enabled ORDER BY id", [job]) {
+        // Finished just now: the jobs that run after this one, on this outcome, are queued in the same transaction (once).
+        guard let done = finished.first, let job = done.optInt64("job_id") else { return }
+        for dependent in try db.query("""
+            SELECT id FROM jobs WHERE $1 = ANY(run_after) AND enabled
+              AND (run_after_condition = 'always' OR (run_after_condition = 'success' AND $2 = 'succeeded')
+                   OR (run_after_condition = 'failure' AND $2 IN ('failed', 'timed_out')))
+            ORDER BY id
+            """, [job, done.string("status")]) {
             _ = try enqueue(db, jobID: dependent.int64("id"), trigger: "dependency", userID: nil, username: nil, envOverrides: nil,
                             parentID: executionID)
         }

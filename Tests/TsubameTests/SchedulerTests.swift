@@ -176,6 +176,17 @@ extension SchedulerTests {
         #expect(try runs(b).count == 1)
         try finish(bRuns[0].int64("id"), "succeeded")
         #expect(try runs(c).first?.int64("parent_id") == bRuns[0].int64("id"))
+        // Conditions: d runs when a run of a fails, e whatever happens (a cancel included).
+        let d = job("0 0 1 1 *"), e = job("0 0 1 1 *")
+        #expect(admin.patch("/api/v1/jobs/\(d)", #"{"run_after":[\#(a)],"run_after_condition":"failure"}"#).json["run_after_condition"] == "failure")
+        #expect(admin.patch("/api/v1/jobs/\(e)", #"{"run_after":[\#(a)],"run_after_condition":"always"}"#).status == 200)
+        let third = admin.post("/api/v1/jobs/\(a)/run").json["id"]?.int64Value ?? 0
+        try finish(third, "timed_out")
+        #expect(try runs(d).map { $0.int64("parent_id") } == [third] && runs(e).map { $0.int64("parent_id") } == [third])
+        #expect(try runs(b).count == 1)
+        let fourth = admin.post("/api/v1/jobs/\(a)/run").json["id"]?.int64Value ?? 0
+        #expect(admin.post("/api/v1/executions/\(fourth)/cancel").status == 202)
+        #expect(try runs(e).count == 2 && runs(d).count == 1 && runs(b).count == 1)
     }
 }
 

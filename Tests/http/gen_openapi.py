@@ -301,12 +301,15 @@ schemas["NotifyInput"] = dict(NOTIFY, additionalProperties=False, properties=dic
 schemas["Notify"] = dict(NOTIFY, properties=dict(
     NOTIFY["properties"], url={"type": ["string", "null"]}, to={"type": ["string", "null"]}))
 
+RUN_AFTER_CONDITION = {"type": "string", "enum": ["success", "failure", "always"], "default": "success",
+                       "description": "Which outcome of a `run_after` job's run starts this job: `success` (succeeded), "
+                                      "`failure` (failed or timed out) or `always` (any, cancelled included)."}
 schemas["Job"] = {
     "type": "object",
     "required": [
         "id", "name", "description", "script", "server_ids", "env", "secret_env_names",
         "timeout_seconds", "schedule", "timezone", "misfire", "next_runs", "concurrency",
-        "max_parallel", "retries", "tags", "enabled", "notify", "run_after", "last_execution",
+        "max_parallel", "retries", "tags", "enabled", "notify", "run_after", "run_after_condition", "last_execution",
         "created_at", "updated_at",
     ],
     "properties": {
@@ -338,6 +341,7 @@ schemas["Job"] = {
         "enabled": {"type": "boolean"},
         "notify": {"type": "array", "items": REF("Notify")},
         "run_after": {"type": "array", "items": ID},
+        "run_after_condition": RUN_AFTER_CONDITION,
         "last_execution": {
             "description": "The newest execution of the job, or null when it never ran.",
             "oneOf": [
@@ -383,6 +387,7 @@ JOB_FIELDS = {
     "run_after": {"type": "array", "items": ID,
                   "description": "Ids of existing jobs: when a run of any of them succeeds, this job runs "
                                  "(`trigger: dependency`, `parent_id` = that run). 422 when it would make a cycle."},
+    "run_after_condition": RUN_AFTER_CONDITION,
 }
 schemas["JobCreate"] = {
     "type": "object",

@@ -13,7 +13,7 @@ from helpers import Client, assert_problem, error_fields, dumps, job_body, parse
 JOB_FIELDS = {
     "id", "name", "description", "script", "server_ids", "env", "secret_env_names", "timeout_seconds",
     "schedule", "timezone", "misfire", "next_runs", "concurrency", "max_parallel", "retries", "tags",
-    "enabled", "notify", "run_after", "last_execution", "created_at", "updated_at",
+    "enabled", "notify", "run_after", "run_after_condition", "last_execution", "created_at", "updated_at",
 }
 
 
@@ -182,6 +182,7 @@ def test_disabled_job_keeps_its_schedule(jobs: Callable[..., dict], admin_token:
     ({"tags": ["bad tag"]}, "tags"),
     ({"notify": [{"on": ["failed"], "type": "pigeon", "url": "http://127.0.0.1:9/"}]}, "notify"),
     ({"run_after": [9223372036854775807]}, "run_after"),
+    ({"run_after_condition": "sometimes"}, "run_after_condition"),
 ])
 def test_invalid_job_is_422(admin_token: Client, server_id: int, overrides: dict, field: str) -> None:
     body = job_body(**({"server_ids": [server_id]} | overrides))

@@ -143,7 +143,10 @@ function jobForm(job, servers, otherJobs, go, reload) {
         field("Max parallel servers", input("max_parallel", job?.max_parallel ?? 10, { type: "number", min: 1, max: 1000 })),
         field("If still running", select("concurrency", [["allow", "start another run"], ["skip", "skip the new run"], ["queue", "queue the new run"]], job?.concurrency || "allow")))),
     h("section", { class: "card form" }, h("h2", { text: "Schedule" }), schedule.node,
-      otherJobs.length ? field("Run after (when these jobs succeed)", runAfter, "Ctrl/Cmd-click to pick several.") : null),
+      otherJobs.length ? h("div", { class: "row" },
+        field("Run after these jobs", runAfter, "Ctrl/Cmd-click to pick several; each of their runs can start this job."),
+        field("When their run", select("run_after_condition", [["success", "succeeded"], ["failure", "failed or timed out"],
+          ["always", "ended, whatever the outcome"]], job?.run_after_condition || "success"))) : null),
     h("section", { class: "card form" }, h("h2", { text: "Notifications" }), notify.node),
     h("div", { class: "form-actions" },
       h("button", { type: "submit", class: "primary", text: editing ? "Save job" : "Create job" }),
@@ -169,7 +172,10 @@ function jobForm(job, servers, otherJobs, go, reload) {
       notify: notify.value(),
       ...schedule.value(),
     };
-    if (otherJobs.length) body.run_after = [...runAfter.selectedOptions].map((o) => Number(o.value));
+    if (otherJobs.length) {
+      body.run_after = [...runAfter.selectedOptions].map((o) => Number(o.value));
+      body.run_after_condition = f.run_after_condition.value;
+    }
     const secretEnv = secrets.value();
     if (Object.keys(secretEnv).length) body.secret_env = secretEnv;
     for (const k of Object.keys(body)) if (body[k] === undefined) delete body[k];
