@@ -12,9 +12,12 @@ enum Executions {
         e.output_truncated, \(tsSQL("e.created_at", as: "created")), \(tsSQL("e.started_at", as: "started")),
         \(tsSQL("e.finished_at", as: "finished")),
         (extract(epoch FROM (coalesce(e.finished_at, now()) - e.started_at)) * 1000)::bigint AS duration_ms,
-        CASE WHEN e.status = 'queued' THEN
+        CASE WHEN e.status = 'queued' OR (e.status = 'running'
+                  AND EXISTS (SELECT 1 FROM execution_targets q WHERE q.execution_id = e.id AND q.status = 'queued')) THEN
             CASE WHEN NOT EXISTS (SELECT 1 FROM executors x WHERE x.last_seen > now() - interval '30 seconds')
                      THEN 'no executor alive: start tsubame-executor'
+                 WHEN (SELECT count(*) FROM execution_targets r WHERE r.execution_id = e.id AND r.status = 'running') >= e.max_parallel
+                     THEN 'job concurrency: max_parallel (' || e.max_parallel || ') servers of this run are already running'
                  WHEN EXISTS (SELECT 1 FROM execution_targets q WHERE q.execution_id = e.id AND q.status = 'queued' AND q.run_at > now())
                      THEN 'retry backoff: waiting before the next attempt'
                  ELSE 'waiting for an executor to pick it up' END

@@ -424,8 +424,8 @@ schemas["JobPatch"] = {
 
 WAITING_REASON = {
     "type": "string",
-    "description": "Present only while queued: why it has not started (job concurrency, server busy, "
-                   "dependency pending, retry backoff, no executor alive).",
+    "description": "Present only while queued (on an execution: while any of its targets is): why it has not "
+                   "started (no executor alive, the job's max_parallel reached, retry backoff, waiting to be claimed).",
     "examples": ["no executor alive: start tsubame-executor"],
 }
 schemas["ExecutionTarget"] = {

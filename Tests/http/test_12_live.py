@@ -383,3 +383,41 @@ def test_events_wait_expires_and_bad_parameters(viewer: Client) -> None:
     for query in ("wait=31", "limit=0", "limit=501", "after=-1", "after=abc"):
         assert_problem(viewer.get(f"/api/v1/events?{query}"), 400)
     assert_problem(Client().get("/api/v1/events"), 401)
+
+
+# ------------------------------------------------------------ waiting reasons
+
+
+def test_waiting_reason_says_max_parallel_is_reached(admin_token: Client, viewer: Client) -> None:
+    """A target left queued because its run already has max_parallel servers running says so."""
+    servers = [admin_token.ok("POST", "/api/v1/servers", json={
+        "name": f"wait-{os.getpid()}-{i}", "host": "127.0.0.1", "port": 22, "username": "nobody",
+        "auth_method": "password", "password": "unused-password"})["id"] for i in range(2)]
+    job = admin_token.ok("POST", "/api/v1/jobs", json={"name": f"wait-{os.getpid()}", "script": "true\n",
+                                                       "server_ids": servers, "max_parallel": 1})
+    eid = admin_token.ok("POST", f"/api/v1/jobs/{job['id']}/run", status=202)["id"]
+    executor = f"test12-fake-{os.getpid()}"
+    try:
+        # An executor that is alive (as far as the database knows) has claimed the first target.
+        psql("""
+            INSERT INTO executors (id, host, pid) VALUES (:'ex', 'test', 1);
+            UPDATE execution_targets SET status = 'running', executor_id = :'ex', attempt = 1,
+                   lease_expires_at = now() + interval '1 minute', started_at = now()
+            WHERE id = (SELECT min(id) FROM execution_targets WHERE execution_id = :eid);
+            UPDATE executions SET status = 'running', started_at = now() WHERE id = :eid;
+            """, ex=executor, eid=eid)
+        e = viewer.ok("GET", f"/api/v1/executions/{eid}")
+        assert e["status"] == "running" and "max_parallel (1)" in e["waiting_reason"], e
+        queued = [t for t in e["targets"] if t["status"] == "queued"]
+        assert len(queued) == 1 and queued[0]["waiting_reason"] == e["waiting_reason"]
+        assert all("waiting_reason" not in t for t in e["targets"] if t["status"] == "running")
+    finally:
+        psql("""
+            UPDATE execution_targets SET status = 'cancelled', finished_at = now(), executor_id = NULL, lease_expires_at = NULL
+            WHERE execution_id = :eid;
+            UPDATE executions SET status = 'cancelled', finished_at = now() WHERE id = :eid;
+            DELETE FROM executors WHERE id = :'ex';
+            """, ex=executor, eid=eid)
+        admin_token.delete(f"/api/v1/jobs/{job['id']}")
+        for sid in servers:
+            admin_token.delete(f"/api/v1/servers/{sid}")
