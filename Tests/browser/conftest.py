@@ -18,8 +18,6 @@ for conditions (Playwright's expect), never fixed sleeps.
 """
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import sys
 import uuid
@@ -31,7 +29,8 @@ import pytest
 HTTP_TESTS = Path(__file__).resolve().parents[1] / "http"
 sys.path.insert(0, str(HTTP_TESTS))
 
-from executor import PIDFILE, ExecutorProcess, executors_on, log_tail, pidfile_alive, psql  # noqa: E402
+from executor import (PIDFILE, ExecutorProcess, Fleet, drain_foreign_work, executors_on, log_tail,  # noqa: E402
+                      pidfile_alive, psql)
 from helpers import BASE_URL, Client, unique  # noqa: E402
 
 CHROMIUM = os.environ.get("TSUBAME_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -73,30 +72,6 @@ def api(admin_credentials: tuple[str, str]) -> Client:
     assert r.status_code == 200, r.text[:300]
     token = c.ok("POST", "/api/v1/tokens", json={"name": unique("browser-suite")})["token"]
     return Client(token=token)
-
-
-class Fleet:
-    """The loopback sshd fleet of scripts/test (TSUBAME_TEST_SSH_*)."""
-
-    def __init__(self) -> None:
-        env = os.environ
-        self.host = env.get("TSUBAME_TEST_SSH_HOST", "")
-        self.ports = [int(p) for p in env.get("TSUBAME_TEST_SSH_PORTS", "").split(",") if p]
-        self.user = env.get("TSUBAME_TEST_SSH_USER", "")
-        self.password = env.get("TSUBAME_TEST_SSH_PASSWORD", "")
-        self.dir = Path(env.get("TSUBAME_TEST_SSH_DIR", "/nonexistent"))
-        self.shared = self.dir / "shared"
-
-    def host_fingerprints(self) -> set[str]:
-        found = set()
-        for pub in self.dir.glob("ssh_host_*_key.pub"):
-            blob = pub.read_text().split()[1]
-            found.add("SHA256:" + base64.b64encode(hashlib.sha256(base64.b64decode(blob)).digest()).decode().rstrip("="))
-        return found
-
-    def gate(self) -> Path:
-        """A file path in the shared directory a script can wait for (the test creates it)."""
-        return self.shared / f"gate-{uuid.uuid4().hex}"
 
 
 @pytest.fixture(scope="session")
@@ -144,26 +119,6 @@ def made(api: Client, fleet: Fleet) -> Iterator[Made]:
     m = Made(api, fleet)
     yield m
     m.cleanup()
-
-
-def drain_foreign_work(api: Client) -> None:
-    """Cancels every unfinished execution (earlier steps leave queued ones) and asserts the queue is empty."""
-    for status in ("queued", "running"):
-        for _ in range(100):
-            page = api.ok("GET", "/api/v1/executions", params={"status": status, "limit": 200})
-            if not page["items"]:
-                break
-            for e in page["items"]:
-                r = api.post(f"/api/v1/executions/{e['id']}/cancel")
-                assert r.status_code in (202, 409), f"cancel of {e['id']}: {r.status_code} {r.text[:300]}"
-            if status == "running":
-                break
-    queued, running = psql("""
-        SELECT count(*) FILTER (WHERE status = 'queued'), count(*) FILTER (WHERE status = 'running')
-        FROM execution_targets
-        """)[0]
-    assert (queued, running) == ("0", "0"), \
-        f"before the executor starts the queue must be empty: {queued} queued and {running} running targets"
 
 
 @pytest.fixture(scope="session")

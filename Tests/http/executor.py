@@ -16,11 +16,16 @@ TSUBAME_LEASE_SECONDS, ...) come from the environment scripts/test exported.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
+import re
 import signal
 import subprocess
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 BIN_DIR = os.environ.get("TSUBAME_TEST_BIN_DIR", "")
 PIDFILE = os.environ.get("TSUBAME_TEST_EXECUTOR_PIDFILE", "")
@@ -180,3 +185,71 @@ class ExecutorProcess:
                 os.unlink(self.pidfile)
         except (OSError, IndexError):
             pass
+
+
+# ------------------------------------------------------------ shared by the modules that run jobs
+
+
+class Fleet:
+    def __init__(self) -> None:
+        env = os.environ
+        self.host = env.get("TSUBAME_TEST_SSH_HOST", "")
+        self.ports = [int(p) for p in env.get("TSUBAME_TEST_SSH_PORTS", "").split(",") if p]
+        self.user = env.get("TSUBAME_TEST_SSH_USER", "")
+        self.noshell_user = env.get("TSUBAME_TEST_SSH_NOSHELL_USER", "")
+        self.password = env.get("TSUBAME_TEST_SSH_PASSWORD", "")
+        self.dir = Path(env.get("TSUBAME_TEST_SSH_DIR", "/nonexistent"))
+        self.shared = self.dir / "shared"
+        self.key_files = {k: env.get(f"TSUBAME_TEST_SSH_KEY_{k.upper()}", "")
+                          for k in ("ed25519", "ecdsa", "ed25519_passphrase", "rsa")}
+        self.passphrase = env.get("TSUBAME_TEST_SSH_KEY_PASSPHRASE", "")
+        version = re.match(r"(\d+)\.(\d+)", env.get("TSUBAME_TEST_SSH_OPENSSH_VERSION", ""))
+        self.openssh = (int(version[1]), int(version[2])) if version else (0, 0)
+
+    def key(self, kind: str) -> str:
+        return Path(self.key_files[kind]).read_text()
+
+    def host_keys(self) -> dict[str, str]:
+        """{algorithm: SHA256 fingerprint} of the fleet's host keys, as ssh-keygen -lf prints them."""
+        keys = {}
+        for pub in sorted(self.dir.glob("ssh_host_*_key.pub")):
+            algorithm, blob = pub.read_text().split()[:2]
+            digest = hashlib.sha256(base64.b64decode(blob)).digest()
+            keys[algorithm] = "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+        return keys
+
+    def host_fingerprints(self) -> set[str]:
+        return set(self.host_keys().values())
+
+    def gate(self) -> Path:
+        """A file path in the shared directory a script can wait for (the test creates it)."""
+        return self.shared / f"gate-{uuid.uuid4().hex}"
+
+    def auth_lines(self, port: int) -> int:
+        """Password/public key verdicts (accepted or failed) in the sshd log of `port`."""
+        text = (self.dir / f"sshd-{port}.log").read_text(errors="replace")
+        return len(re.findall(r"^.*(Accepted|Failed) (password|publickey) for ", text, re.M))
+
+
+def drain_foreign_work(client: Any) -> None:
+    """Cancels every unfinished execution (earlier tests leave queued ones) and asserts the queue is empty.
+
+    `client` is an admin helpers.Client."""
+    for status in ("queued", "running"):
+        for _ in range(100):
+            page = client.ok("GET", "/api/v1/executions", params={"status": status, "limit": 200})
+            if not page["items"]:
+                break
+            for e in page["items"]:
+                r = client.post(f"/api/v1/executions/{e['id']}/cancel")
+                assert r.status_code in (202, 409), f"cancel of {e['id']}: {r.status_code} {r.text[:300]}"
+            if status == "running":
+                break  # their targets stay running until an executor stops them: checked below
+        else:
+            raise AssertionError(f"{status} executions keep appearing")
+    queued, running = psql("""
+        SELECT count(*) FILTER (WHERE status = 'queued'), count(*) FILTER (WHERE status = 'running')
+        FROM execution_targets
+        """)[0]
+    assert (queued, running) == ("0", "0"), \
+        f"before the executor starts the queue must be empty: {queued} queued and {running} running targets"

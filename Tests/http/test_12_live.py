@@ -19,7 +19,6 @@ import signal
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
@@ -27,7 +26,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from executor import psql, psql_value
+from executor import psql
 from helpers import Client, assert_problem
 
 
@@ -255,7 +254,7 @@ def test_log_txt_streams_every_chunk(runs: Callable[[], int], viewer: Client) ->
     line = "z" * 1023 + "\n"
     total = 0
     for _ in range(6):  # 6 MiB in 48 chunks of 128 KiB: several pages of the stream
-        append_sql(eid, [f"repeat(repeat('z', 1023) || chr(10), 128)"] * 8)
+        append_sql(eid, ["repeat(repeat('z', 1023) || chr(10), 128)"] * 8)
         total += 8 * 128 * 1024
     r = viewer.get(f"/api/v1/executions/{eid}/log.txt", timeout=60)
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain")

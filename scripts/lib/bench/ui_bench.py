@@ -19,7 +19,6 @@ BENCH_FOLLOW_RATE (10000 lines/s), BENCH_LOG_CHUNKS (400), BENCH_CHROMIUM (/usr/
 from __future__ import annotations
 
 import json
-import re
 import os
 import statistics
 import subprocess
@@ -317,7 +316,7 @@ SAMPLE = """(() => {
 
 def follow(browser, cookie: tuple[str, str], eid: int) -> dict:
     tab = RawTab(browser, cookie, f"{BASE}/#/executions/{eid}")
-    tab.wait_for(f"document.title.startsWith('bench-ui-log-') && !!document.querySelector('.log')")
+    tab.wait_for("document.title.startsWith('bench-ui-log-') && !!document.querySelector('.log')")
     pid = tab.renderer()
     log(f"the tab's renderer process: {pid}")
     appender = Appender(eid, FOLLOW_SECONDS)
