@@ -76,23 +76,20 @@ public enum Queue {
         }
     }
 
-    /// Claims up to `limit` runnable targets for `executor`, honouring each execution's max_parallel.
+    /// Claims up to `limit` runnable targets for `executor`, honouring every limit (see `tsubame_claimable`).
     public static func claim(_ db: PGConnection, executor: String, limit: Int, leaseSeconds: Int) throws -> [ClaimedTarget] {
         guard limit > 0 else { return [] }
         return try db.transaction {
-            // One claimer at a time: max_parallel is counted, then filled; claims take milliseconds.
+            // One claimer at a time: the limits are counted, then filled; claims take milliseconds.
             try db.query("SELECT pg_advisory_xact_lock(7458220)")
             let details = try db.query("""
-                WITH runnable AS (
-                    SELECT t.id, t.execution_id,
-                           row_number() OVER (PARTITION BY t.execution_id ORDER BY t.position, t.id) AS n,
-                           e.max_parallel - (SELECT count(*) FROM execution_targets r
-                                             WHERE r.execution_id = t.execution_id AND r.status = 'running') AS free
-                    FROM execution_targets t JOIN executions e ON e.id = t.execution_id
-                    WHERE t.status = 'queued' AND t.run_at <= now() AND NOT e.cancel_requested
+                WITH picked AS MATERIALIZED (
+                    -- tsubame_claimable (migration 0007) honours max_parallel, the servers' max_concurrent,
+                    -- concurrency = queue and run_after, counting what it picks. Called once.
+                    SELECT unnest(tsubame_claimable($2)) AS id
                 ), chosen AS (
-                    SELECT t.id FROM execution_targets t JOIN runnable r ON r.id = t.id
-                    WHERE r.n <= r.free ORDER BY t.run_at, t.id LIMIT $2 FOR UPDATE OF t SKIP LOCKED
+                    SELECT t.id FROM execution_targets t JOIN picked p ON p.id = t.id WHERE t.status = 'queued'
+                    FOR UPDATE OF t SKIP LOCKED
                 ), claimed AS (
                     UPDATE execution_targets t SET status = 'running', executor_id = $1, attempt = t.attempt + 1,
                            lease_expires_at = now() + make_interval(secs => $3), started_at = now(), finished_at = NULL,
@@ -196,6 +193,12 @@ public enum Queue {
             guard let execution = rows.first?.int64("execution_id") else { return false }
             if retryDelaySeconds != nil { try db.query("SELECT pg_notify($1, $2)", [queueChannel, String(execution)]) }
             try finalizeIfDone(db, executionID: execution)
+            // A slot came free (max_parallel, a server's max_concurrent, a queued run's turn): wake the claimers.
+            if retryDelaySeconds == nil {
+                try db.query("""
+                    SELECT pg_notify($1, 'free') WHERE EXISTS (SELECT 1 FROM execution_targets WHERE status = 'queued' AND run_at <= now())
+                    """, [queueChannel])
+            }
             return true
         }
     }
@@ -237,6 +240,8 @@ public enum Queue {
             SELECT id FROM jobs WHERE $1 = ANY(run_after) AND enabled
               AND (run_after_condition = 'always' OR (run_after_condition = 'success' AND $2 = 'succeeded')
                    OR (run_after_condition = 'failure' AND $2 IN ('failed', 'timed_out')))
+              -- concurrency = skip: not while the dependent job still runs.
+              AND NOT (concurrency = 'skip' AND EXISTS (SELECT 1 FROM executions o WHERE o.job_id = jobs.id AND o.status IN ('queued', 'running')))
             ORDER BY id
             """, [job, done.string("status")]) {
             _ = try enqueue(db, jobID: dependent.int64("id"), trigger: "dependency", userID: nil, username: nil, envOverrides: nil,

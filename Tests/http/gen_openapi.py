@@ -191,7 +191,7 @@ schemas["Server"] = {
     "description": "An SSH target. Password, private key and passphrase are write-only and never returned.",
     "required": [
         "id", "name", "host", "port", "username", "auth_method", "description", "tags",
-        "host_key", "has_password", "has_private_key", "has_passphrase", "created_at", "updated_at",
+        "host_key", "has_password", "has_private_key", "has_passphrase", "max_concurrent", "created_at", "updated_at",
     ],
     "properties": {
         "id": ID,
@@ -206,6 +206,8 @@ schemas["Server"] = {
         "has_password": {"type": "boolean"},
         "has_private_key": {"type": "boolean"},
         "has_passphrase": {"type": "boolean"},
+        "max_concurrent": {"type": "integer", "minimum": 1, "maximum": 1000,
+                           "description": "Targets that may run on this server at once, over all jobs and executors."},
         "created_at": TIME,
         "updated_at": TIME,
     },
@@ -221,6 +223,8 @@ SERVER_FIELDS = {
     "passphrase": {"type": "string", "writeOnly": True},
     "description": {"type": "string", "maxLength": 2000},
     "tags": TAGS,
+    "max_concurrent": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 4,
+                       "description": "Targets that may run on this server at once, over all jobs and executors."},
 }
 schemas["ServerCreate"] = {
     "type": "object",
@@ -425,7 +429,9 @@ schemas["JobPatch"] = {
 WAITING_REASON = {
     "type": "string",
     "description": "Present only while queued (on an execution: while any of its targets is): why it has not "
-                   "started (no executor alive, the job's max_parallel reached, retry backoff, waiting to be claimed).",
+                   "started: no executor alive, retry backoff, dependency pending (a job it runs after is "
+                   "unfinished), job concurrency (concurrency `queue` behind an older run, or max_parallel "
+                   "reached), server busy (its max_concurrent reached), or waiting to be claimed.",
     "examples": ["no executor alive: start tsubame-executor"],
 }
 schemas["ExecutionTarget"] = {
@@ -837,11 +843,12 @@ paths["/api/v1/jobs/{id}/run"] = {
     "parameters": [ID_PARAM],
     "post": op("runJob", "Run a job now (operator, admin)", "jobs",
                dict({"202": execution_created("Queued: the new execution (status `queued`).")},
-                    **errs(*WRITE_ERRS, "404")),
+                    **errs(*WRITE_ERRS, "404", "409")),
                security=WRITE_SEC, request=body("RunRequest", required=False),
                desc="Creates an execution with one target per server of the job, in the job's server "
                     "order. `trigger` is `manual` for a session, `api` for a Bearer token. The body is "
-                    "optional; `env` overrides the job's env for this execution."),
+                    "optional; `env` overrides the job's env for this execution. 409 when the job's "
+                    "`concurrency` is `skip` and it has an unfinished execution."),
 }
 
 EXECUTION_FILTERS = [

@@ -117,7 +117,9 @@ function header(e, can, go, refresh) {
     e.job_id ? [" · ", h("a", { href: `#/jobs/${e.job_id}`, text: "job" })] : "");
   head.firstElementChild.appendChild(sub);
   const notes = [];
-  if (e.waiting_reason && e.status === "queued") notes.push(h("p", { class: "notice warn", text: `Waiting: ${e.waiting_reason}` }));
+  if (e.waiting_reason) {
+    notes.push(h("p", { class: "notice warn", text: `${e.status === "queued" ? "Waiting" : "Some servers are waiting"}: ${e.waiting_reason}` }));
+  }
   if (e.output_truncated) notes.push(h("p", { class: "notice warn", text: "The output reached the storage cap; the rest was dropped while the job ran on." }));
   return [head, ...notes];
 }
