@@ -44,6 +44,9 @@ public final class App: @unchecked Sendable {
         self.box = box
     }
 
+    /// Makes `c` this app's connection (the CLI runs handlers inside its own transaction on it).
+    func use(connection c: PGConnection) { connection = c }
+
     /// This thread's connection, (re)connected on demand. Throws 503 when PostgreSQL cannot be reached.
     public func database() throws -> PGConnection {
         if let c = connection, c.isOK { return c }

@@ -21,6 +21,12 @@ public enum Commands {
                                   set a new password (generated unless given); signs the user out everywhere
           check-config            validate the settings and exit (non-zero with messages on a problem)
           config-dump [--reveal]  print every setting; secrets redacted unless --reveal
+          export [--file PATH]    write servers and jobs as JSON, without secrets
+          import --file PATH [--dry-run] [--as ADMIN]
+                                  create the servers and jobs of an export that do not exist yet
+          backup --file PATH      dump the whole database with pg_dump (custom format)
+          restore --file PATH [--yes]
+                                  replace the database with a backup, with pg_restore
 
         Settings come from the environment and TSUBAME_CONFIG_FILE; see README.md.
         Every command accepts --help.
@@ -66,6 +72,14 @@ public enum Commands {
             case "config-dump":
                 out(config.dump(revealSecrets: rest.contains("--reveal")))
                 return 0
+            case "export":
+                return try export(rest, config: config, out: out, err: err)
+            case "import":
+                return try importCommand(rest, config: config, out: out, err: err)
+            case "backup":
+                return try backup(rest, config: config, environment: environment, out: out, err: err)
+            case "restore":
+                return try restore(rest, config: config, environment: environment, out: out, err: err)
             default:
                 err("tsubame: unknown command \(cmd)\n\n\(usage)")
                 return 2
@@ -90,6 +104,36 @@ public enum Commands {
             """
         case "check-config": return "usage: tsubame check-config\n\nValidates every setting and the master key file."
         case "config-dump": return "usage: tsubame config-dump [--reveal]\n\nPrints every setting as KEY=VALUE; secrets show as (redacted) unless --reveal."
+        case "export": return """
+            usage: tsubame export [--file PATH]
+
+            Writes every server and job as one JSON document (to PATH, or standard output), ordered by name, with names
+            instead of ids. No secret leaves: server passwords and keys, secret env values and notification secrets
+            are left out (secret_env_names lists what a job had).
+            """
+        case "import": return """
+            usage: tsubame import --file PATH [--dry-run] [--as ADMIN]
+
+            Creates the servers and jobs of an export that do not exist here yet (matched by name; existing ones are
+            kept unchanged), with the same checks as the API, in one transaction: on any problem nothing is imported.
+            Imported servers have no credentials and jobs no secret env values: the command lists what to set.
+            --dry-run   check everything and report, then roll back
+            --as ADMIN  the admin the audit log names (default: the first admin)
+            """
+        case "backup": return """
+            usage: tsubame backup --file PATH
+
+            Dumps the database (TSUBAME_DATABASE_URL) with pg_dump --format=custom to a new file. Safe while
+            tsubame-ci runs (one consistent snapshot). The dump holds credentials sealed with the master key:
+            back up TSUBAME_MASTER_KEY_FILE separately, or they cannot be read after a restore.
+            """
+        case "restore": return """
+            usage: tsubame restore --file PATH [--yes]
+
+            Replaces everything in the database with a backup made by `tsubame backup` (pg_restore --clean, in one
+            transaction). Stop the pools and executors first. Without --yes it refuses a database that has data.
+            Run `tsubame migrate` afterwards when the backup is older than this binary.
+            """
         default: return usage
         }
     }
