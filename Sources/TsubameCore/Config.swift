@@ -26,6 +26,8 @@ public struct Config: Sendable {
               help: "libpq connection string or URL"),
         .init(name: "TSUBAME_MASTER_KEY_FILE", defaultValue: "/etc/tsubame/master.key", kind: .path, secret: false,
               help: "file holding the 32-byte key (hex) that seals server credentials; mode 0600"),
+        .init(name: "TSUBAME_PREVIOUS_MASTER_KEY_FILES", defaultValue: nil, kind: .string, secret: false,
+              help: "older master key files, comma-separated, that still open what they sealed during a key rotation (tsubame rotate-key)"),
         .init(name: "TSUBAME_FCGI_SOCKET", defaultValue: "/run/tsubame/fcgi.sock", kind: .path, secret: false,
               help: "unix socket the pool listens on"),
         .init(name: "TSUBAME_FCGI_SOCKET_MODE", defaultValue: "0660", kind: .octal, secret: false, help: "octal mode of the socket"),

@@ -29,7 +29,7 @@ let config: Config
 do { config = try Config.load() } catch { fail("configuration problem:\n\(error)", code: 2) }
 Log.minimum = LogLevel(name: config.string("TSUBAME_LOG_LEVEL") ?? "info") ?? .info
 let box: SecretBox
-do { box = try SecretBox.load(path: config.string("TSUBAME_MASTER_KEY_FILE") ?? "") } catch { fail("\(error)", code: 2) }
+do { box = try SecretBox.load(config: config) } catch { fail("\(error)", code: 2) }
 do { try Migrator.requireCurrent(try PGConnection(config.databaseURL)) } catch { fail("\(error)", code: 3) }
 if CommandLine.arguments.contains("--test-config") { print("configuration is valid"); exit(0) }
 if let pidfile = config.string("TSUBAME_EXECUTOR_PIDFILE") {

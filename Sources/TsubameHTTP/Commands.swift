@@ -27,6 +27,7 @@ public enum Commands {
           backup --file PATH      dump the whole database with pg_dump (custom format)
           restore --file PATH [--yes]
                                   replace the database with a backup, with pg_restore
+          rotate-key              re-seal every stored secret under the current master key
 
         Settings come from the environment and TSUBAME_CONFIG_FILE; see README.md.
         Every command accepts --help.
@@ -66,7 +67,7 @@ public enum Commands {
             case "user":
                 return try user(rest, config: config, out: out, err: err)
             case "check-config":
-                _ = try SecretBox.load(path: config.string("TSUBAME_MASTER_KEY_FILE") ?? "")
+                _ = try SecretBox.load(config: config)
                 out("configuration is valid")
                 return 0
             case "config-dump":
@@ -80,6 +81,8 @@ public enum Commands {
                 return try backup(rest, config: config, environment: environment, out: out, err: err)
             case "restore":
                 return try restore(rest, config: config, environment: environment, out: out, err: err)
+            case "rotate-key":
+                return try rotateKey(rest, config: config, out: out, err: err)
             default:
                 err("tsubame: unknown command \(cmd)\n\n\(usage)")
                 return 2
@@ -133,6 +136,18 @@ public enum Commands {
             Replaces everything in the database with a backup made by `tsubame backup` (pg_restore --clean, in one
             transaction). Stop the pools and executors first. Without --yes it refuses a database that has data.
             Run `tsubame migrate` afterwards when the backup is older than this binary.
+            """
+        case "rotate-key": return """
+            usage: tsubame rotate-key
+
+            Re-seals every stored secret (server credentials, jobs' and runs' secret env) with the key in
+            TSUBAME_MASTER_KEY_FILE, in batches; safe to stop and run again. A rotation without downtime:
+              1. tsubame keygen --file /etc/tsubame/master-2.key
+              2. set TSUBAME_MASTER_KEY_FILE to the new file and TSUBAME_PREVIOUS_MASTER_KEY_FILES to the old one,
+                 reload the pools and restart the executors (they open secrets with either key, seal with the new)
+              3. tsubame rotate-key (with the same settings)
+              4. remove TSUBAME_PREVIOUS_MASTER_KEY_FILES, reload and restart again, then destroy the old key
+            It refuses to start, changing nothing, while a secret is sealed with a key it was not given.
             """
         default: return usage
         }

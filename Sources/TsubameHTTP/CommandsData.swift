@@ -181,7 +181,7 @@ extension Commands {
         } catch let e as JSONParseError {
             err("tsubame import: \(path) is not valid JSON: \(e.description)"); return 1
         }
-        let box = try SecretBox.load(path: config.string("TSUBAME_MASTER_KEY_FILE") ?? "")
+        let box = try SecretBox.load(config: config)
         let dryRun = args.contains("--dry-run")
         do {
             let r = try importDocument(doc, config: config, box: box, username: option(args, "--as"), dryRun: dryRun)

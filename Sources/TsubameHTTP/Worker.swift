@@ -20,7 +20,7 @@ public final class Worker: @unchecked Sendable {
 
     public init(config: Config, listenFD: Int32 = 0, environment: [String: String] = ProcessInfo.processInfo.environment) throws {
         settings = AppSettings(config: config)
-        box = try SecretBox.load(path: config.string("TSUBAME_MASTER_KEY_FILE") ?? "")
+        box = try SecretBox.load(config: config)
         server = FastCGIServer(listenFD: listenFD, threads: config.int("TSUBAME_WORKER_THREADS"),
                                maxRequests: config.int("TSUBAME_MAX_REQUESTS"))
         hub = LiveHub(settings: settings, box: box, maxWaiters: config.int("TSUBAME_LONGPOLL_MAX_WAITERS"))

@@ -149,3 +149,47 @@ struct CLIDataTests {
         #expect(try count(targetDB, "jobs") == 3)
     }
 }
+
+extension CLIDataTests {
+    @Test func rotateKeyReSealsEverySecretAndRefusesAnUnknownKey() throws {
+        // The suite's app seals with the key of seven-bytes (TestDB.makeApp); its file is the "old" key.
+        try seed()
+        let old = dir + "/old.key"
+        try (String(repeating: "07", count: 32) + "\n").write(toFile: old, atomically: true, encoding: .utf8)
+        chmod(old, 0o600)
+        let run1 = admin.post("/api/v1/jobs/\(try sourceDB.query("SELECT id FROM jobs WHERE name = 'a-backup'")[0].int64("id"))/run")
+        #expect(run1.status == 202)
+        let newBox = try SecretBox.load(path: dir + "/master.key")
+        func keys() throws -> [String] {
+            try Commands.sealedColumns.flatMap { c in
+                try sourceDB.query("SELECT DISTINCT \(c.keyColumn) AS k FROM \(c.table) WHERE \(c.column) IS NOT NULL").map { $0.string("k") }
+            }
+        }
+        let oldID = try SecretBox(key: Array(repeating: 7, count: 32)).keyID
+        #expect(try Set(keys()) == [oldID])
+        // Without the old key: refused, nothing changed.
+        let refused = run(source, "rotate-key")
+        #expect(refused.0 == 1 && refused.2.contains("sealed with key \(oldID)") && refused.2.contains("nothing was changed"), "\(refused)")
+        #expect(try Set(keys()) == [oldID])
+        // With it: everything re-sealed, in batches, and the new key alone opens it all.
+        var out = "", err = ""
+        let env = ["TSUBAME_DATABASE_URL": source, "TSUBAME_MASTER_KEY_FILE": dir + "/master.key", "TSUBAME_PREVIOUS_MASTER_KEY_FILES": " \(old) ,"]
+        #expect(Commands.run(["rotate-key"], environment: env, out: { out += $0 + "\n" }, err: { err += $0 + "\n" }) == 0, "\(err)")
+        #expect(out.contains("servers.credentials: 2 re-sealed") && out.contains("jobs.secret_env: 1 re-sealed")
+                && out.contains("executions.secret_env: 1 re-sealed"), "\(out)")
+        #expect(try Set(keys()) == [newBox.keyID])
+        let creds = try sourceDB.query("SELECT credentials FROM servers WHERE name = 'web'")[0].bytea("credentials") ?? []
+        #expect(try Servers.Credentials(sealed: creds, box: newBox).password == "server-pw-XYZ")
+        let secret = try sourceDB.query("SELECT secret_env FROM executions")[0].bytea("secret_env") ?? []
+        #expect(String(decoding: try newBox.open(secret), as: UTF8.self).contains("secret-value-123"))
+        #expect(throws: SecretBoxError.corrupt) { try SecretBox(key: Array(repeating: 7, count: 32)).open(secret) }
+        // Running it again has nothing to do; small batches walk the same rows.
+        #expect(try Commands.rotateKeys(sourceDB, box: newBox, batch: 1).values.reduce(0, +) == 0)
+        let back = try SecretBox(key: Array(repeating: 7, count: 32), previous: [newBox])
+        #expect(back.keyIDs == [oldID, newBox.keyID])
+        var steps: [String] = []
+        #expect(try Commands.rotateKeys(sourceDB, box: back, batch: 1) { steps.append($0) }["servers.credentials"] == 2)
+        #expect(steps.contains("servers: 1 re-sealed so far"))
+        #expect(run(source, "rotate-key", "--help").0 == 0)
+    }
+}
