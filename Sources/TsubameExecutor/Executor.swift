@@ -174,12 +174,23 @@ public final class Executor: @unchecked Sendable {
         }
     }
 
+    /// What the executor says of itself at each heartbeat (shown by /metrics): under `lock`.
+    var targetsRun: Int64 = 0
+    var connectSeconds = Histogram()
+
+    var stats: JSON {
+        lock.lock(); defer { lock.unlock() }
+        return .object([("capacity", .int(settings.capacity)), ("running", .int(active.count)), ("targets_run", .int(targetsRun)),
+                        ("ssh_connect_seconds", connectSeconds.json)])
+    }
+
     func heartbeat(_ db: PGConnection) throws {
+        let stats = stats
         lock.lock()
         let holding = Array(active.keys)
         lock.unlock()
         let held = try Queue.heartbeat(db, executor: settings.id, host: ProcessInfo.processInfo.hostName, leaseSeconds: settings.leaseSeconds,
-                                       holding: holding)
+                                       holding: holding, stats: stats)
         lock.lock()
         let lost = active.filter { holding.contains($0.key) && !held.contains($0.key) && !$0.value.lost }
         for (_, t) in lost { t.lost = true }
@@ -360,6 +371,7 @@ public final class Executor: @unchecked Sendable {
                 system(t, "host key \(algorithm) \(fingerprint) trusted on first use", &pending)
             }
         case let .started(id, connectMs):
+            lock.lock(); connectSeconds.observe(connectMs / 1000); lock.unlock()
             guard let t = target(id) else { return }
             system(t, "connected to \(t.claim.host):\(t.claim.port) as \(t.claim.username) in \(Int(connectMs)) ms; running (attempt \(t.claim.attempt))", &pending)
         case let .output(id, stream, bytes):
@@ -385,6 +397,7 @@ public final class Executor: @unchecked Sendable {
             }
             lock.lock()
             active[id] = nil
+            targetsRun += 1
             let more = active.values.contains { $0.claim.executionID == t.claim.executionID }
             lock.unlock()
             if !more { written[t.claim.executionID] = nil; truncated.remove(t.claim.executionID) }

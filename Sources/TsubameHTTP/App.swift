@@ -36,6 +36,10 @@ public final class App: @unchecked Sendable {
     private var connection: PGConnection?
     /// Extra lines for /metrics from the process (pool counters); set by the worker.
     public var metricsProvider: (() -> String)?
+    /// Where answered requests are counted (the worker's, shared by its threads); nil: not counted.
+    public var requestMetrics: RequestMetrics?
+    /// The route the request being handled matched (`Routes.names` index).
+    var routeIndex = Routes.table.count
     /// Where long-polls park; without one (tests, tools) they are answered at once.
     public var hub: LiveHub?
 
@@ -65,7 +69,11 @@ public final class App: @unchecked Sendable {
     public func handle(_ request: HTTPRequest) -> HTTPResponse {
         let started = Date()
         let requestID = Crypto.hex(Crypto.randomBytes(8))
+        routeIndex = Routes.table.count
         let response = guarded(requestID: requestID, path: request.path) { try route(request) }
+        if let m = requestMetrics {
+            if response.park == nil { m.record(route: routeIndex, status: response.status, seconds: Date().timeIntervalSince(started)) } else { m.parked() }
+        }
         if Log.minimum <= .debug {
             Log.debug("request", [("request_id", .string(requestID)), ("method", .string(request.method)), ("path", .string(request.path)),
                                   ("status", .int(response.park == nil ? response.status : 0)),
@@ -100,6 +108,7 @@ public final class App: @unchecked Sendable {
         guard let (route, ids) = Routes.match(path: request.path) else {
             throw APIError(status: 404, title: "Not found", detail: "No API endpoint at \(request.path).")
         }
+        routeIndex = route.index
         let method = request.method == "HEAD" ? "GET" : request.method
         guard let handler = route.handlers[method] else { throw APIError.methodNotAllowed(route.handlers.keys.sorted()) }
         var ctx = Context(request: request, app: self, ids: ids)

@@ -30,6 +30,10 @@ enum Health {
     static func metrics(_ ctx: Context) throws -> HTTPResponse {
         var text = "# HELP tsubame_up 1 while this worker answers.\n# TYPE tsubame_up gauge\ntsubame_up 1\n"
         if let extra = ctx.app.metricsProvider?() { text += extra }
+        // The database part; without the database the pool's own figures still answer.
+        let dbText = try? Metrics.database(try ctx.db)
+        text += "# HELP tsubame_database_up 1 when PostgreSQL answered this scrape.\n# TYPE tsubame_database_up gauge\n"
+            + "tsubame_database_up \(dbText == nil ? 0 : 1)\n" + (dbText ?? "")
         return HTTPResponse(status: 200, headers: [("Content-Type", "text/plain; version=0.0.4")], body: Array(text.utf8))
     }
 }

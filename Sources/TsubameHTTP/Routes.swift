@@ -10,10 +10,20 @@ struct Route: Sendable {
     let segments: [String]
     let handlers: [String: Handler]
     let requiresAuth: Bool
+    /// Its place in `Routes.table`: the route label of request metrics.
+    var index = 0
 }
 
 enum Routes {
-    static let table: [Route] = [
+    static let table: [Route] = declared.enumerated().map { i, route in
+        var r = route
+        r.index = i
+        return r
+    }
+    /// The metrics label of each route (its pattern), by index; unmatched paths count as "unmatched".
+    static let names = table.map { "/" + $0.segments.joined(separator: "/") } + ["unmatched"]
+
+    static let declared: [Route] = [
         r("/api/health", auth: false, ["GET": Health.get]),
         r("/api/openapi.json", auth: false, ["GET": Health.openAPI]),
         r("/metrics", auth: false, ["GET": Health.metrics]),

@@ -119,11 +119,12 @@ public enum Queue {
     /// Extends the leases of the targets this executor process is running (`holding`); returns those still held
     /// (others were lost). Targets under the same executor id that this process does not run (a restart with a
     /// fixed TSUBAME_EXECUTOR_ID) are not renewed, so the reaper fails them after their lease.
-    public static func heartbeat(_ db: PGConnection, executor: String, host: String, leaseSeconds: Int, holding: [Int64]) throws -> Set<Int64> {
+    public static func heartbeat(_ db: PGConnection, executor: String, host: String, leaseSeconds: Int, holding: [Int64],
+                                 stats: JSON = .object([])) throws -> Set<Int64> {
         try db.query("""
-            INSERT INTO executors (id, host, pid) VALUES ($1, $2, $3)
-            ON CONFLICT (id) DO UPDATE SET last_seen = now()
-            """, [executor, host, Int(getpid())])
+            INSERT INTO executors (id, host, pid, stats) VALUES ($1, $2, $3, $4::jsonb)
+            ON CONFLICT (id) DO UPDATE SET last_seen = now(), stats = EXCLUDED.stats
+            """, [executor, host, Int(getpid()), stats])
         let rows = try db.query("""
             UPDATE execution_targets SET lease_expires_at = now() + make_interval(secs => $2)
             WHERE executor_id = $1 AND status = 'running' AND id = ANY($3::bigint[]) RETURNING id

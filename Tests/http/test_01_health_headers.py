@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
@@ -114,3 +115,25 @@ def test_metrics_from_loopback(anon: Client) -> None:
     assert lines, "no samples in /metrics"
     bad = [ln for ln in lines if not sample.match(ln)]
     assert not bad, f"lines not in the Prometheus text format: {bad[:5]}"
+    # The pool's figures (any worker answers for all of them) and the database's.
+    for name in ("tsubame_pool_workers", "tsubame_pool_restarts_total", "tsubame_longpoll_waiters", "tsubame_queue_targets",
+                 "tsubame_queue_oldest_seconds", "tsubame_executions_finished_total", "tsubame_log_bytes_total"):
+        assert re.search(rf"^{name}(\{{[^}}]*\}})? \d", r.text, re.M), f"{name} missing"
+    assert re.search(r"^tsubame_pool_workers [1-9]", r.text, re.M)
+    assert "tsubame_database_up 1" in r.text
+
+
+def test_metrics_count_requests_by_route_and_status(anon: Client) -> None:
+    """Requests are counted by route pattern and status class, with a latency histogram, over the whole pool."""
+    def count(text: str, route: str, status: str) -> int:
+        m = re.search(rf'^tsubame_http_requests_total{{route="{re.escape(route)}",status="{status}"}} (\d+)$', text, re.M)
+        return int(m.group(1)) if m else 0
+    time.sleep(0.3)  # earlier requests' counts are in
+    before = anon.get("/metrics").text
+    for _ in range(5):
+        assert anon.get("/api/v1/jobs/123").status_code == 401
+    time.sleep(0.5)  # workers copy their counters to the scoreboard every 100 ms
+    after = anon.get("/metrics").text
+    assert count(after, "/api/v1/jobs/{id}", "4xx") - count(before, "/api/v1/jobs/{id}", "4xx") == 5
+    assert re.search(r'^tsubame_http_request_duration_seconds_bucket\{route="/api/v1/jobs/\{id\}",le="\+Inf"\} \d+$', after, re.M)
+    assert re.search(r'^tsubame_http_request_duration_seconds_count\{route="/api/v1/jobs/\{id\}"\} \d+$', after, re.M)
