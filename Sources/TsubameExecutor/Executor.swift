@@ -35,6 +35,10 @@ public struct ExecutorSettings: Sendable {
     public var statementBytes = 2 << 20
     /// How often the scheduler looks for due slots (a slot fires at most this late, plus the claim).
     public var scheduleTickSeconds = 1.0
+    /// History retention (Retention.sweep): days, 0 = keep; how often the sweep runs while nothing is left to delete.
+    public var retentionDays = 30
+    public var auditRetentionDays = 365
+    public var retentionIntervalSeconds = 60.0
     public var idleSessionSeconds = 0.0
     public var channelsPerConnection = 8
 
@@ -50,6 +54,8 @@ public struct ExecutorSettings: Sendable {
         pollSeconds = Double(config.int("TSUBAME_POLL_INTERVAL_MS")) / 1000
         connectTimeout = Double(config.int("TSUBAME_SSH_CONNECT_TIMEOUT_SECONDS"))
         outputCapBytes = config.int("TSUBAME_OUTPUT_CAP_MB") << 20
+        retentionDays = config.int("TSUBAME_RETENTION_DAYS")
+        auditRetentionDays = config.int("TSUBAME_AUDIT_RETENTION_DAYS")
         idleSessionSeconds = Double(config.int("TSUBAME_SSH_IDLE_SECONDS"))
         channelsPerConnection = config.int("TSUBAME_SSH_CHANNELS_PER_CONNECTION")
     }
@@ -125,6 +131,7 @@ public final class Executor: @unchecked Sendable {
     func controlLoop() {
         var db: PGConnection? = nil
         var lastHeartbeat = Date.distantPast, lastReap = Date.distantPast, lastClaim = Date.distantPast, lastTick = Date.distantPast
+        var nextSweep = Date()
         var wake = true
         while !isStopping {
             do {
@@ -156,6 +163,20 @@ public final class Executor: @unchecked Sendable {
                         wake = true
                     }
                     lastTick = Date()
+                }
+                if Date() >= nextSweep {
+                    // Old history, in batches for at most 200 ms (the loop also heartbeats); again at once while more is left.
+                    let started = Date()
+                    var total = Retention.Sweep(), more = false
+                    repeat {
+                        let s = try Retention.sweep(conn, defaultDays: settings.retentionDays, auditDays: settings.auditRetentionDays)
+                        total.executions += s.executions; total.auditEntries += s.auditEntries
+                        more = s.executions == 200 || s.auditEntries == 200
+                    } while more && Date().timeIntervalSince(started) < 0.2
+                    if total.executions + total.auditEntries > 0 {
+                        Log.info("old history deleted", [("executions", .int(total.executions)), ("audit_entries", .int(total.auditEntries))])
+                    }
+                    nextSweep = Date().addingTimeInterval(more ? 1 : settings.retentionIntervalSeconds)
                 }
                 if wake { try claim(conn); wake = false; lastClaim = Date() }
                 // Jittered poll: a missed NOTIFY costs at most one interval.

@@ -110,7 +110,8 @@ def test_metrics_from_loopback(anon: Client) -> None:
     r = anon.get("/metrics")
     assert r.status_code == 200, r.text[:300]
     assert r.headers["Content-Type"].startswith("text/plain")
-    sample = re.compile(r"^[A-Za-z_:][A-Za-z0-9_:]*(\{[^}]*\})? [-+0-9.eEInfNa]+( \d+)?$")
+    label = r'[A-Za-z_][A-Za-z0-9_]*="(?:[^"\\\n]|\\.)*"'
+    sample = re.compile(rf"^[A-Za-z_:][A-Za-z0-9_:]*(\{{{label}(,{label})*\}})? [-+0-9.eEInfNa]+( \d+)?$")
     lines = [ln for ln in r.text.splitlines() if ln and not ln.startswith("#")]
     assert lines, "no samples in /metrics"
     bad = [ln for ln in lines if not sample.match(ln)]
