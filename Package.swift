@@ -32,7 +32,7 @@ let package = Package(
         .target(name: "TsubameFastCGI", dependencies: ["CFastCGI"], swiftSettings: settings),
         .target(name: "TsubameSSH", dependencies: ["TsubameCore", "CLibSSH2", "CTsubameShims"], swiftSettings: settings),
         // The application: routes, auth, validation → SQL. Imports no C module.
-        .target(name: "TsubameHTTP", dependencies: ["TsubameCore", "TsubameCrypto", "TsubamePostgres", "TsubameFastCGI", "TsubameSSH"],
+        .target(name: "TsubameHTTP", dependencies: ["TsubameCore", "TsubameCrypto", "TsubamePostgres", "TsubameFastCGI", "TsubameSSH", "TsubamePool"],
                 resources: [.embedInCode("Resources")], swiftSettings: settings),
         // The executor: claims targets from the queue, runs them over SSH, writes logs and results.
         .target(name: "TsubameExecutor", dependencies: ["TsubameCore", "TsubamePostgres", "TsubameCrypto", "TsubameSSH"], swiftSettings: settings),

@@ -36,6 +36,8 @@ public final class App: @unchecked Sendable {
     private var connection: PGConnection?
     /// Extra lines for /metrics from the process (pool counters); set by the worker.
     public var metricsProvider: (() -> String)?
+    /// The pool master's status as JSON (GET /pool-status); nil when this worker runs without a pool.
+    public var poolStatus: (() throws -> String)?
     /// Where answered requests are counted (the worker's, shared by its threads); nil: not counted.
     public var requestMetrics: RequestMetrics?
     /// The route the request being handled matched (`Routes.names` index).

@@ -27,6 +27,7 @@ enum Routes {
         r("/api/health", auth: false, ["GET": Health.get]),
         r("/api/openapi.json", auth: false, ["GET": Health.openAPI]),
         r("/metrics", auth: false, ["GET": Health.metrics]),
+        r("/pool-status", auth: false, ["GET": Health.poolStatus]),
         r("/api/v1/auth/login", auth: false, ["POST": Auth.login]),
         r("/api/v1/auth/logout", ["POST": Auth.logout]),
         r("/api/v1/auth/me", ["GET": Auth.me]),

@@ -7,6 +7,7 @@ public import Foundation
 public import TsubameCore
 public import TsubameFastCGI
 import TsubameCrypto
+import TsubamePool
 import TsubamePostgres
 
 public final class Worker: @unchecked Sendable {
@@ -19,9 +20,12 @@ public final class Worker: @unchecked Sendable {
     let responders: Int
     /// This process's request counters (the reporter thread copies them to the scoreboard for /metrics).
     let requestMetrics = RequestMetrics()
+    /// The pool master's control socket (for /pool-status).
+    let controlPath: String
 
     public init(config: Config, listenFD: Int32 = 0, environment: [String: String] = ProcessInfo.processInfo.environment) throws {
         settings = AppSettings(config: config)
+        controlPath = config.string("TSUBAME_POOL_CONTROL_SOCKET") ?? ((config.string("TSUBAME_FCGI_SOCKET") ?? "") + ".ctl")
         box = try SecretBox.load(config: config)
         server = FastCGIServer(listenFD: listenFD, threads: config.int("TSUBAME_WORKER_THREADS"),
                                maxRequests: config.int("TSUBAME_MAX_REQUESTS"))
@@ -46,12 +50,16 @@ public final class Worker: @unchecked Sendable {
         Worker.raiseFileLimit()
         // A client that went away must not kill the process when its answer is written.
         signal(SIGPIPE, SIG_IGN)
-        let settings = settings, box = box, stats = server.stats, hub = hub, scoreboard = scoreboard, requestMetrics = requestMetrics
+        let settings = settings, box = box, stats = server.stats, hub = hub, scoreboard = scoreboard, requestMetrics = requestMetrics,
+            controlPath = controlPath
         hub.start(responders: responders)
         server.start { _ in
             let app = App(settings: settings, box: box)
             app.hub = hub
             app.requestMetrics = requestMetrics
+            if scoreboard != nil {
+                app.poolStatus = { try PoolMaster.query(controlPath: controlPath, command: "status json") }
+            }
             app.metricsProvider = { [scoreboard] in
                 Metrics.pool(scoreboard: scoreboard?.0, metrics: requestMetrics, parkedNow: stats.parked)
             }

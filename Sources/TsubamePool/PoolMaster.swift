@@ -334,6 +334,9 @@ public final class PoolMaster: @unchecked Sendable {
         defer { close(fd) }
         let rc = try withUnixAddress(controlPath) { connect(fd, $0, $1) }
         guard rc == 0 else { throw PoolError("no pool master answers at \(controlPath): \(String(cString: strerror(errno)))") }
+        // A master busy elsewhere must not hold the caller (a worker thread answering /pool-status) for long.
+        var tv = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         let cmd = Array((command + "\n").utf8)
         _ = cmd.withUnsafeBufferPointer { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         var out: [UInt8] = []

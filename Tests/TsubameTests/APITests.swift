@@ -470,6 +470,13 @@ struct APITests {
                      "tsubame_log_bytes_total ", "# TYPE tsubame_ssh_connect_seconds histogram"] {
             #expect(m.text.contains(name), "\(name) missing")
         }
+        // /pool-status: only under a pool master, 503 when it does not answer.
+        #expect(anon.get("/pool-status").status == 404)
+        app.poolStatus = { #"{"workers":[]}"# }
+        #expect(anon.get("/pool-status").json["workers"] == .array([]))
+        app.poolStatus = { throw SecretBoxError.corrupt }
+        #expect(anon.get("/pool-status").status == 503)
+        app.poolStatus = nil
         let down = Client(try TestDB.makeApp(url: "postgresql://nobody@127.0.0.1:1/none?connect_timeout=1"))
         let dm = down.get("/metrics")
         #expect(dm.status == 200 && dm.text.contains("tsubame_database_up 0") && !dm.text.contains("tsubame_queue_targets"))

@@ -138,3 +138,13 @@ def test_metrics_count_requests_by_route_and_status(anon: Client) -> None:
     assert count(after, "/api/v1/jobs/{id}", "4xx") - count(before, "/api/v1/jobs/{id}", "4xx") == 5
     assert re.search(r'^tsubame_http_request_duration_seconds_bucket\{route="/api/v1/jobs/\{id\}",le="\+Inf"\} \d+$', after, re.M)
     assert re.search(r'^tsubame_http_request_duration_seconds_count\{route="/api/v1/jobs/\{id\}"\} \d+$', after, re.M)
+
+
+def test_pool_status_from_loopback(anon: Client) -> None:
+    """The pool master's status (workers, requests, restarts), asked by a worker over the control socket."""
+    r = anon.get("/pool-status")
+    assert r.status_code == 200, r.text[:300]
+    assert r.headers["Content-Type"].startswith("application/json")
+    status = r.json()
+    assert status["workers"] and all(w["pid"] > 0 for w in status["workers"]), status
+    assert {"restarts", "recycled", "reloads"} <= set(status)
