@@ -33,6 +33,7 @@ public enum Migrator {
             ("0004_events.sql", PackageResources._004_events_sql),
             ("0005_schedules.sql", PackageResources._005_schedules_sql),
             ("0006_run_after_condition.sql", PackageResources._006_run_after_condition_sql),
+            ("0008_notifications.sql", PackageResources._008_notifications_sql),
         ]
         return files.map { file, bytes in
             Migration(version: Int(file.prefix(4))!, name: String(file.dropFirst(5).dropLast(4)),
