@@ -9,7 +9,7 @@
 // records each outcome: sent, retried later (backoff), or failed for good.
 // Every few seconds it also looks for running executions that run long.
 
-public import Foundation
+import Foundation
 import TsubameCore
 public import TsubameCrypto
 public import TsubameNotify

@@ -3,7 +3,7 @@
 // libcurl. Used by the executors' delivery loop and by the API's "send test
 // notification"; both record what came of it.
 
-public import Foundation
+import Foundation
 public import TsubameCore
 public import TsubameCrypto
 

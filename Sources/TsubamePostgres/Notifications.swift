@@ -3,7 +3,7 @@
 // record an attempt, add running_long deliveries, record a test. Rows for
 // started and finished executions are made by a trigger on executions.
 
-public import Foundation
+import Foundation
 public import TsubameCore
 
 /// A delivery handed to a sender by `claim`.
