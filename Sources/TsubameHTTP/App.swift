@@ -7,6 +7,7 @@ public import TsubameCore
 public import TsubameFastCGI
 public import TsubamePostgres
 public import TsubameCrypto
+public import TsubameNotify
 
 /// Settings the HTTP layer needs, built from Config or directly in tests.
 public struct AppSettings: Sendable {
@@ -16,17 +17,20 @@ public struct AppSettings: Sendable {
     public var loginMaxFailures: Int
     public var loginWindowSeconds: Int
     public var hasher: PasswordHasher
+    /// SMTP and the public URL, for "send test notification".
+    public var notify: NotifySettings
 
     public init(databaseURL: String, cookieSecure: Bool = true, sessionHours: Int = 12, loginMaxFailures: Int = 5,
-                loginWindowSeconds: Int = 900, hasher: PasswordHasher = PasswordHasher()) {
+                loginWindowSeconds: Int = 900, hasher: PasswordHasher = PasswordHasher(), notify: NotifySettings = NotifySettings()) {
         self.databaseURL = databaseURL; self.cookieSecure = cookieSecure; self.sessionHours = sessionHours
         self.loginMaxFailures = loginMaxFailures; self.loginWindowSeconds = loginWindowSeconds; self.hasher = hasher
+        self.notify = notify
     }
 
     public init(config: Config) {
         self.init(databaseURL: config.databaseURL, cookieSecure: config.bool("TSUBAME_COOKIE_SECURE"),
                   sessionHours: config.int("TSUBAME_SESSION_HOURS"), loginMaxFailures: config.int("TSUBAME_LOGIN_MAX_FAILURES"),
-                  loginWindowSeconds: config.int("TSUBAME_LOGIN_WINDOW_SECONDS"))
+                  loginWindowSeconds: config.int("TSUBAME_LOGIN_WINDOW_SECONDS"), notify: NotifySettings(config: config))
     }
 }
 

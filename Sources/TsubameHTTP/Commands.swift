@@ -140,7 +140,7 @@ public enum Commands {
         case "rotate-key": return """
             usage: tsubame rotate-key
 
-            Re-seals every stored secret (server credentials, jobs' and runs' secret env) with the key in
+            Re-seals every stored secret (server credentials, jobs' and runs' secret env, webhook secrets) with the key in
             TSUBAME_MASTER_KEY_FILE, in batches; safe to stop and run again. A rotation without downtime:
               1. tsubame keygen --file /etc/tsubame/master-2.key
               2. set TSUBAME_MASTER_KEY_FILE to the new file and TSUBAME_PREVIOUS_MASTER_KEY_FILES to the old one,

@@ -15,6 +15,29 @@ extension Commands {
         ("executions", "secret_env", "secret_key_id"),
     ]
 
+    /// JSON columns whose items may hold a sealed webhook secret ("secret_sealed" hex, "secret_key_id"):
+    /// (table, column, whether the column is an array of items or one item).
+    static let sealedJSON: [(table: String, column: String, isArray: Bool)] = [
+        ("jobs", "notify", true),
+        ("notification_deliveries", "item", false),
+    ]
+
+    /// SQL: the key ids of the sealed items in `c` of the row.
+    static func itemKeys(_ c: (table: String, column: String, isArray: Bool)) -> String {
+        c.isArray ? "SELECT i->>'secret_key_id' FROM jsonb_array_elements(\(c.column)) i WHERE i ? 'secret_sealed'"
+                  : "SELECT \(c.column)->>'secret_key_id' WHERE \(c.column) ? 'secret_sealed'"
+    }
+
+    /// An item with its secret re-sealed by `box` (unchanged when it has none).
+    static func reseal(_ item: JSON, box: SecretBox) throws -> JSON {
+        guard let hex = item["secret_sealed"]?.stringValue else { return item }
+        guard let sealed = Crypto.fromHex(hex) else { throw SecretBoxError.corrupt }
+        let fresh = try box.seal(try box.open(sealed))
+        return .object((item.objectValue ?? []).map { k, v in
+            k == "secret_sealed" ? (k, .string(Crypto.hex(fresh))) : k == "secret_key_id" ? (k, .string(box.keyID)) : (k, v)
+        })
+    }
+
     struct RotationError: Error, CustomStringConvertible {
         let description: String
     }
@@ -27,6 +50,13 @@ extension Commands {
         for c in sealedColumns {
             for r in try db.query("""
                 SELECT \(c.keyColumn) AS k, count(*) AS n FROM \(c.table) WHERE \(c.column) IS NOT NULL GROUP BY 1 ORDER BY 1
+                """) where !box.keyIDs.contains(r["k"] ?? "") {
+                unknown.append("\(r.int("n")) in \(c.table).\(c.column) sealed with key \(r["k"] ?? "(none)")")
+            }
+        }
+        for c in sealedJSON {
+            for r in try db.query("""
+                SELECT k, count(*) AS n FROM \(c.table) t CROSS JOIN LATERAL (\(itemKeys(c))) AS x(k) GROUP BY 1 ORDER BY 1
                 """) where !box.keyIDs.contains(r["k"] ?? "") {
                 unknown.append("\(r.int("n")) in \(c.table).\(c.column) sealed with key \(r["k"] ?? "(none)")")
             }
@@ -60,6 +90,32 @@ extension Commands {
             }
             done["\(c.table).\(c.column)"] = total
         }
+        for c in sealedJSON {
+            var total = 0
+            while true {
+                let n = try db.transaction { () throws -> Int in
+                    let rows = try db.query("""
+                        SELECT id, \(c.column)::text AS value FROM \(c.table) t
+                        WHERE EXISTS (SELECT 1 FROM (\(itemKeys(c))) AS x(k) WHERE k IS DISTINCT FROM $1) ORDER BY id LIMIT $2 FOR UPDATE
+                        """, [box.keyID, batch])
+                    for r in rows {
+                        let value = r.json("value")
+                        let fresh: JSON
+                        do {
+                            fresh = c.isArray ? .array(try (value.arrayValue ?? []).map { try reseal($0, box: box) }) : try reseal(value, box: box)
+                        } catch {
+                            throw RotationError(description: "\(c.table) #\(r.int64("id")): \(error); nothing of this batch was changed")
+                        }
+                        try db.query("UPDATE \(c.table) SET \(c.column) = $2::jsonb WHERE id = $1", [r.int64("id"), fresh])
+                    }
+                    return rows.count
+                }
+                total += n
+                if n < batch { break }
+                progress("\(c.table): \(total) re-sealed so far")
+            }
+            done["\(c.table).\(c.column)"] = total
+        }
         return done
     }
 
@@ -69,7 +125,9 @@ extension Commands {
         try Migrator.requireCurrent(db)
         do {
             let done = try rotateKeys(db, box: box, progress: out)
-            for c in sealedColumns { out("\(c.table).\(c.column): \(done["\(c.table).\(c.column)"] ?? 0) re-sealed") }
+            for name in sealedColumns.map({ "\($0.table).\($0.column)" }) + sealedJSON.map({ "\($0.table).\($0.column)" }) {
+                out("\(name): \(done[name] ?? 0) re-sealed")
+            }
             try db.query("INSERT INTO audit_log (username, action, target, detail) VALUES ('(cli)', 'key.rotate', $1, $2::jsonb)",
                          ["key:\(box.keyID)", JSON.object(done.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) })])
             out("every secret is sealed with key \(box.keyID) now"

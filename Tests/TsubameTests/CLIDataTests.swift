@@ -47,7 +47,8 @@ struct CLIDataTests {
         let w = web.json["id"]!.int64Value!, d = db.json["id"]!.int64Value!
         let a = admin.post("/api/v1/jobs", """
             {"name":"a-backup","script":"pg_dump x","server_ids":[\(d)],"env":{"MODE":"full"},"secret_env":{"TOKEN":"secret-value-123"},
-             "schedule":"0 3 * * *","timezone":"Europe/Berlin","notify":[{"on":["failed"],"type":"email","to":"ops@example.com"}]}
+             "schedule":"0 3 * * *","timezone":"Europe/Berlin","notify":[{"on":["failed"],"type":"email","to":"ops@example.com"},
+                      {"on":["succeeded"],"type":"webhook","url":"https://hooks.example/x","secret":"hook-secret-1"}]}
             """)
         #expect(a.status == 201, "\(a.text)")
         let b = admin.post("/api/v1/jobs", #"{"name":"b-ship","script":"rsync","server_ids":[\#(w),\#(d)],"run_after":[\#(a.json["id"]!.int64Value!)],"concurrency":"queue"}"#)
@@ -62,7 +63,7 @@ struct CLIDataTests {
         let (code, out, _) = run(source, "export", "--file", file)
         #expect(code == 0 && out.contains("2 servers and 3 jobs"), "\(out)")
         let text = try String(contentsOfFile: file, encoding: .utf8)
-        for secret in ["server-pw-XYZ", "secret-value-123", "PRIVATE KEY"] { #expect(!text.contains(secret), "\(secret) leaked") }
+        for secret in ["server-pw-XYZ", "secret-value-123", "PRIVATE KEY", "hook-secret-1", "secret_sealed", "secret_set"] { #expect(!text.contains(secret), "\(secret) leaked") }
         let doc = try JSON.parse(Array(text.utf8))
         #expect(doc["jobs"]?.arrayValue?.map { $0["name"]?.stringValue ?? "" } == ["a-backup", "b-ship", "c-clean"])
         #expect(doc["jobs"]?.arrayValue?[1]["servers"] == .array(["web", "db"]))
@@ -163,6 +164,8 @@ extension CLIDataTests {
         func keys() throws -> [String] {
             try Commands.sealedColumns.flatMap { c in
                 try sourceDB.query("SELECT DISTINCT \(c.keyColumn) AS k FROM \(c.table) WHERE \(c.column) IS NOT NULL").map { $0.string("k") }
+            } + Commands.sealedJSON.flatMap { c in
+                try sourceDB.query("SELECT DISTINCT k FROM \(c.table) t CROSS JOIN LATERAL (\(Commands.itemKeys(c))) AS x(k)").map { $0.string("k") }
             }
         }
         let oldID = try SecretBox(key: Array(repeating: 7, count: 32)).keyID
@@ -176,7 +179,10 @@ extension CLIDataTests {
         let env = ["TSUBAME_DATABASE_URL": source, "TSUBAME_MASTER_KEY_FILE": dir + "/master.key", "TSUBAME_PREVIOUS_MASTER_KEY_FILES": " \(old) ,"]
         #expect(Commands.run(["rotate-key"], environment: env, out: { out += $0 + "\n" }, err: { err += $0 + "\n" }) == 0, "\(err)")
         #expect(out.contains("servers.credentials: 2 re-sealed") && out.contains("jobs.secret_env: 1 re-sealed")
-                && out.contains("executions.secret_env: 1 re-sealed"), "\(out)")
+                && out.contains("executions.secret_env: 1 re-sealed") && out.contains("jobs.notify: 1 re-sealed"), "\(out)")
+        let hook = try sourceDB.query("SELECT notify::text AS n FROM jobs WHERE name = 'a-backup'")[0].json("n").arrayValue?[1]
+        #expect(hook?["secret_key_id"]?.stringValue == newBox.keyID)
+        #expect(try newBox.open(Crypto.fromHex(hook?["secret_sealed"]?.stringValue ?? "") ?? []) == Array("hook-secret-1".utf8))
         #expect(try Set(keys()) == [newBox.keyID])
         let creds = try sourceDB.query("SELECT credentials FROM servers WHERE name = 'web'")[0].bytea("credentials") ?? []
         #expect(try Servers.Credentials(sealed: creds, box: newBox).password == "server-pw-XYZ")

@@ -55,12 +55,12 @@ def test_openapi_lists_the_milestone_operations() -> None:
         ("/api/v1/servers/{id}/test", "post"),
         ("/api/v1/jobs", "get"), ("/api/v1/jobs", "post"),
         ("/api/v1/jobs/{id}", "get"), ("/api/v1/jobs/{id}", "patch"), ("/api/v1/jobs/{id}", "delete"),
-        ("/api/v1/jobs/{id}/run", "post"),
+        ("/api/v1/jobs/{id}/run", "post"), ("/api/v1/jobs/{id}/notify-test", "post"),
         ("/api/v1/executions", "get"), ("/api/v1/executions/{id}", "get"),
         ("/api/v1/executions/{id}/cancel", "post"), ("/api/v1/executions/{id}/rerun", "post"),
         ("/api/v1/executions/{id}/log", "get"), ("/api/v1/executions/{id}/log.txt", "get"),
         ("/api/v1/events", "get"), ("/api/v1/stats", "get"), ("/api/v1/schedule/preview", "get"),
-        ("/api/v1/audit", "get"),
+        ("/api/v1/audit", "get"), ("/api/v1/notifications", "get"),
     }
     assert ops == expected
     op_ids = {o["operationId"] for item in doc["paths"].values() for m, o in item.items() if m in HTTP_METHODS}
