@@ -12,7 +12,7 @@ enum Jobs {
     static let columns = """
         j.id, j.name, j.description, j.script, j.env::text AS env_json, to_json(j.secret_env_names)::text AS secret_names_json,
         j.timeout_seconds, j.schedule, j.timezone, j.misfire, j.concurrency, j.max_parallel, j.retries,
-        to_json(j.tags)::text AS tags_json, j.enabled, \(NotifyItems.publicSQL("j.notify")) AS notify_json, to_json(j.run_after)::text AS run_after_json, j.run_after_condition,
+        to_json(j.tags)::text AS tags_json, j.enabled, \(NotifyItems.publicSQL("j.notify")) AS notify_json, to_json(j.run_after)::text AS run_after_json, j.run_after_condition, j.retention_days,
         (SELECT coalesce(json_agg(js.server_id ORDER BY js.position), '[]') FROM job_servers js WHERE js.job_id = j.id)::text AS servers_json,
         \(tsSQL("j.created_at", as: "created")), \(tsSQL("j.updated_at", as: "updated")),
         (SELECT json_build_object('id', e.id, 'status', e.status, 'finished_at',
@@ -32,7 +32,8 @@ enum Jobs {
             ("next_runs", .array(nextRuns)), ("concurrency", .string(r.string("concurrency"))),
             ("max_parallel", .int(r.int("max_parallel"))), ("retries", .int(r.int("retries"))), ("tags", r.json("tags_json")),
             ("enabled", .bool(r.bool("enabled"))), ("notify", r.json("notify_json")), ("run_after", r.json("run_after_json")),
-            ("run_after_condition", .string(r.string("run_after_condition"))), ("last_execution", r.json("last_json")),
+            ("run_after_condition", .string(r.string("run_after_condition"))),
+            ("retention_days", r.optInt64("retention_days").map(JSON.int) ?? .null), ("last_execution", r.json("last_json")),
             ("created_at", ts(r, "created")), ("updated_at", ts(r, "updated")),
         ])
     }
@@ -64,6 +65,8 @@ enum Jobs {
     struct Input {
         var name, description, script, timezone, misfire, concurrency, runAfterCondition: String?
         var schedule: String??
+        /// .some(nil): back to TSUBAME_RETENTION_DAYS.
+        var retentionDays: Int64??
         var serverIDs, runAfter: [Int64]?
         var env: [(String, String?)]?
         var secretEnv: [(String, String?)]?
@@ -100,6 +103,9 @@ enum Jobs {
         }
         i.misfire = b.oneOf("misfire", .optional, ["run_once", "skip"])
         i.runAfterCondition = b.oneOf("run_after_condition", .optional, ["success", "failure", "always"])
+        if let v = b.raw("retention_days", .optional) {
+            if v.isNull { i.retentionDays = .some(nil) } else { i.retentionDays = b.int("retention_days", .optional, range: 1...36500).map { .some($0) } }
+        }
         i.concurrency = b.oneOf("concurrency", .optional, ["allow", "skip", "queue"])
         i.maxParallel = b.int("max_parallel", .optional, range: 1...1000)
         i.retries = b.int("retries", .optional, range: 0...10)
@@ -164,12 +170,13 @@ enum Jobs {
             do {
                 id = try db.query("""
                     INSERT INTO jobs (name, description, script, env, secret_env, secret_key_id, secret_env_names, timeout_seconds,
-                        schedule, timezone, misfire, concurrency, max_parallel, retries, tags, enabled, notify, run_after, run_after_condition)
-                    VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::jsonb, $18, $19) RETURNING id
+                        schedule, timezone, misfire, concurrency, max_parallel, retries, tags, enabled, notify, run_after, run_after_condition,
+                        retention_days)
+                    VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::jsonb, $18, $19, $20) RETURNING id
                     """, [name, i.description ?? "", script, envObject(i.env ?? []), secret, keyID, secretNames, i.timeout ?? 3600,
                           i.schedule ?? nil, i.timezone ?? "UTC", i.misfire ?? "skip", i.concurrency ?? "allow", i.maxParallel ?? 10,
                           i.retries ?? 0, TextArray(i.tags ?? []), i.enabled ?? true, notify,
-                          Int64Array(i.runAfter ?? []), i.runAfterCondition ?? "success"])[0].int64("id")
+                          Int64Array(i.runAfter ?? []), i.runAfterCondition ?? "success", i.retentionDays ?? nil])[0].int64("id")
             } catch let e as PGError where e.isUniqueViolation {
                 throw APIError.conflict("A job named \(name) already exists.")
             }
@@ -230,12 +237,13 @@ enum Jobs {
                         timezone = coalesce($13, timezone), misfire = coalesce($14, misfire), concurrency = coalesce($15, concurrency),
                         max_parallel = coalesce($16, max_parallel), retries = coalesce($17, retries), tags = coalesce($18, tags),
                         enabled = coalesce($19, enabled), notify = coalesce($20::jsonb, notify), run_after = coalesce($21, run_after),
-                        run_after_condition = coalesce($22, run_after_condition), updated_at = now()
+                        run_after_condition = coalesce($22, run_after_condition),
+                        retention_days = CASE WHEN $23 THEN $24 ELSE retention_days END, updated_at = now()
                     WHERE id = $1
                     """, [id, i.name, i.description, i.script, i.env.map(envObject), secretChange != nil, secretChange?.0,
                           secretChange?.1, secretChange?.2, i.timeout, i.schedule != nil, i.schedule ?? nil, i.timezone, i.misfire,
                           i.concurrency, i.maxParallel, i.retries, i.tags.map(TextArray.init), i.enabled, notify,
-                          i.runAfter.map(Int64Array.init), i.runAfterCondition])
+                          i.runAfter.map(Int64Array.init), i.runAfterCondition, i.retentionDays != nil, i.retentionDays ?? nil])
             } catch let e as PGError where e.isUniqueViolation {
                 throw APIError.conflict("A job named \(i.name ?? "") already exists.")
             }

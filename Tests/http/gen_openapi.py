@@ -385,7 +385,7 @@ schemas["Job"] = {
     "required": [
         "id", "name", "description", "script", "server_ids", "env", "secret_env_names",
         "timeout_seconds", "schedule", "timezone", "misfire", "next_runs", "concurrency",
-        "max_parallel", "retries", "tags", "enabled", "notify", "run_after", "run_after_condition", "last_execution",
+        "max_parallel", "retries", "tags", "enabled", "notify", "run_after", "run_after_condition", "retention_days", "last_execution",
         "created_at", "updated_at",
     ],
     "properties": {
@@ -418,6 +418,8 @@ schemas["Job"] = {
         "notify": {"type": "array", "items": REF("Notify")},
         "run_after": {"type": "array", "items": ID},
         "run_after_condition": RUN_AFTER_CONDITION,
+        "retention_days": {"oneOf": [{"type": "integer", "minimum": 1, "maximum": 36500}, {"type": "null"}],
+                       "description": "Days its finished executions are kept; null: TSUBAME_RETENTION_DAYS (30)."},
         "last_execution": {
             "description": "The newest execution of the job, or null when it never ran.",
             "oneOf": [
@@ -464,6 +466,8 @@ JOB_FIELDS = {
                   "description": "Ids of existing jobs: when a run of any of them succeeds, this job runs "
                                  "(`trigger: dependency`, `parent_id` = that run). 422 when it would make a cycle."},
     "run_after_condition": RUN_AFTER_CONDITION,
+    "retention_days": {"oneOf": [{"type": "integer", "minimum": 1, "maximum": 36500}, {"type": "null"}],
+                       "description": "Days its finished executions are kept; null: TSUBAME_RETENTION_DAYS (30)."},
 }
 schemas["JobCreate"] = {
     "type": "object",

@@ -13,7 +13,7 @@ from helpers import Client, assert_problem, error_fields, dumps, job_body, parse
 JOB_FIELDS = {
     "id", "name", "description", "script", "server_ids", "env", "secret_env_names", "timeout_seconds",
     "schedule", "timezone", "misfire", "next_runs", "concurrency", "max_parallel", "retries", "tags",
-    "enabled", "notify", "run_after", "run_after_condition", "last_execution", "created_at", "updated_at",
+    "enabled", "notify", "run_after", "run_after_condition", "retention_days", "last_execution", "created_at", "updated_at",
 }
 
 
@@ -183,6 +183,9 @@ def test_disabled_job_keeps_its_schedule(jobs: Callable[..., dict], admin_token:
     ({"notify": [{"on": ["failed"], "type": "pigeon", "url": "http://127.0.0.1:9/"}]}, "notify"),
     ({"run_after": [9223372036854775807]}, "run_after"),
     ({"run_after_condition": "sometimes"}, "run_after_condition"),
+    ({"retention_days": 0}, "retention_days"),
+    ({"retention_days": 36501}, "retention_days"),
+    ({"retention_days": "30"}, "retention_days"),
 ])
 def test_invalid_job_is_422(admin_token: Client, server_id: int, overrides: dict, field: str) -> None:
     body = job_body(**({"server_ids": [server_id]} | overrides))
@@ -314,3 +317,14 @@ def test_run_queues_an_execution(jobs: Callable[..., dict], operator: Client, ad
     assert last["id"] == second["id"] and last["status"] == "cancelled"
     parse_time(last["finished_at"])
     assert_problem(admin_token.post("/api/v1/jobs/9223372036854775807/run"), 404)
+
+
+def test_retention_days_is_set_and_cleared(admin_token: Client, server_id: int) -> None:
+    job = admin_token.ok("POST", "/api/v1/jobs", json=job_body(server_ids=[server_id], retention_days=90), status=201)
+    try:
+        assert job["retention_days"] == 90
+        assert admin_token.ok("PATCH", f"/api/v1/jobs/{job['id']}", json={"description": "x"})["retention_days"] == 90
+        assert admin_token.ok("PATCH", f"/api/v1/jobs/{job['id']}", json={"retention_days": None})["retention_days"] is None
+        assert admin_token.ok("PATCH", f"/api/v1/jobs/{job['id']}", json={"retention_days": 7})["retention_days"] == 7
+    finally:
+        admin_token.delete(f"/api/v1/jobs/{job['id']}")
