@@ -271,7 +271,8 @@ def measure():
                 for line in f:
                     if '"scheduled runs queued"' in line:
                         try:
-                            ticks[k].append(json.loads(line)["executions"])
+                            x = json.loads(line)
+                            ticks[k].append((x["executions"], x.get("tick_ms")))
                         except (ValueError, KeyError):
                             pass
         except OSError:
@@ -290,7 +291,10 @@ def measure():
         "machine_busy_cores": round(busy / max(wall, 1e-9) * os.cpu_count(), 2),
         "other_cpu_s_per_min": round(max(busy - sum(exec_cpu.values()) - pg_cpu, 0) / MINUTES, 3),
         "ticks_fired": {k: len(v) for k, v in ticks.items()},
-        "largest_tick": max((x for v in ticks.values() for x in v), default=0),
+        "largest_tick": max((n for v in ticks.values() for n, _ in v), default=0),
+        # How long the ticks that fired took, in the executor (from its log; older builds do not say).
+        "tick_ms_max": max((ms for v in ticks.values() for _, ms in v if ms is not None), default=None),
+        "tick_ms_median": pct([ms for v in ticks.values() for _, ms in v if ms is not None], 0.5),
     }
     if cron:
         result["cron"] = measure_cron(work, crond, end)
