@@ -21,6 +21,7 @@ let package = Package(
         .systemLibrary(name: "CFastCGI", pkgConfig: "fcgi", providers: [.apt(["libfcgi-dev"])]),
         .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CLibSSH2", pkgConfig: "libssh2", providers: [.apt(["libssh2-1-dev"])]),
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .target(name: "CTsubameShims", dependencies: ["CLibSSH2"]),
 
         // The domain: C-free, Foundation only.
@@ -31,22 +32,27 @@ let package = Package(
         .target(name: "TsubameCrypto", dependencies: ["TsubameCore", "COpenSSL"], swiftSettings: settings),
         .target(name: "TsubameFastCGI", dependencies: ["CFastCGI"], swiftSettings: settings),
         .target(name: "TsubameSSH", dependencies: ["TsubameCore", "CLibSSH2", "CTsubameShims"], swiftSettings: settings),
+        // Notifications: what they say (webhook, Slack, e-mail) and libcurl to send them (HTTP, SMTP).
+        .target(name: "TsubameNotify", dependencies: ["TsubameCore", "TsubameCrypto", "CCurl"], swiftSettings: settings),
         // The application: routes, auth, validation → SQL. Imports no C module.
-        .target(name: "TsubameHTTP", dependencies: ["TsubameCore", "TsubameCrypto", "TsubamePostgres", "TsubameFastCGI", "TsubameSSH"],
+        .target(name: "TsubameHTTP", dependencies: ["TsubameCore", "TsubameCrypto", "TsubamePostgres", "TsubameFastCGI", "TsubameSSH",
+                                                    "TsubamePool", "TsubameNotify"],
                 resources: [.embedInCode("Resources")], swiftSettings: settings),
         // The executor: claims targets from the queue, runs them over SSH, writes logs and results.
-        .target(name: "TsubameExecutor", dependencies: ["TsubameCore", "TsubamePostgres", "TsubameCrypto", "TsubameSSH"], swiftSettings: settings),
+        .target(name: "TsubameExecutor", dependencies: ["TsubameCore", "TsubamePostgres", "TsubameCrypto", "TsubameSSH", "TsubameNotify"],
+                swiftSettings: settings),
         // The pool master: sockets, processes, signals, status.
         .target(name: "TsubamePool", dependencies: ["TsubameCore"], swiftSettings: settings),
 
         // Thin executables.
         .executableTarget(name: "TsubameCLI", dependencies: ["TsubameCore", "TsubamePostgres", "TsubameCrypto", "TsubameHTTP"], swiftSettings: settings),
         .executableTarget(name: "TsubamePoolMain", dependencies: ["TsubameCore", "TsubamePool"], swiftSettings: settings),
-        .executableTarget(name: "TsubameExecutorMain", dependencies: ["TsubameCore", "TsubameExecutor"], swiftSettings: settings),
+        .executableTarget(name: "TsubameExecutorMain", dependencies: ["TsubameCore", "TsubameExecutor", "TsubameNotify"], swiftSettings: settings),
         .executableTarget(name: "TsubameWorkerMain", dependencies: ["TsubameCore", "TsubameHTTP", "TsubameFastCGI"], swiftSettings: settings),
 
         .testTarget(name: "TsubameTests",
-                    dependencies: ["TsubameCore", "TsubamePostgres", "TsubameCrypto", "TsubameFastCGI", "TsubameHTTP", "TsubamePool", "TsubameSSH", "TsubameExecutor"],
+                    dependencies: ["TsubameCore", "TsubamePostgres", "TsubameCrypto", "TsubameFastCGI", "TsubameHTTP", "TsubamePool", "TsubameSSH", "TsubameExecutor",
+                                   "TsubameNotify"],
                     swiftSettings: settings),
     ]
 )

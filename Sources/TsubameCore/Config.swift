@@ -6,7 +6,7 @@ public import Foundation
 
 /// One setting: its variable, default, meaning and how it is checked.
 public struct ConfigOption: Sendable {
-    public enum Kind: Sendable { case string, int(ClosedRange<Int>), bool, octal, path, enumeration([String]) }
+    public enum Kind: Sendable { case string, int(ClosedRange<Int>), bool, octal, path, enumeration([String]), url([String]) }
     public let name: String
     public let defaultValue: String?
     public let kind: Kind
@@ -26,6 +26,8 @@ public struct Config: Sendable {
               help: "libpq connection string or URL"),
         .init(name: "TSUBAME_MASTER_KEY_FILE", defaultValue: "/etc/tsubame/master.key", kind: .path, secret: false,
               help: "file holding the 32-byte key (hex) that seals server credentials; mode 0600"),
+        .init(name: "TSUBAME_PREVIOUS_MASTER_KEY_FILES", defaultValue: nil, kind: .string, secret: false,
+              help: "older master key files, comma-separated, that still open what they sealed during a key rotation (tsubame rotate-key)"),
         .init(name: "TSUBAME_FCGI_SOCKET", defaultValue: "/run/tsubame/fcgi.sock", kind: .path, secret: false,
               help: "unix socket the pool listens on"),
         .init(name: "TSUBAME_FCGI_SOCKET_MODE", defaultValue: "0660", kind: .octal, secret: false, help: "octal mode of the socket"),
@@ -69,8 +71,30 @@ public struct Config: Sendable {
               help: "keep an authenticated SSH session per server open this long for the next run (0 = off)"),
         .init(name: "TSUBAME_SSH_CHANNELS_PER_CONNECTION", defaultValue: "8", kind: .int(1...1000), secret: false,
               help: "targets on one server (same account and credentials) that share one SSH connection, a channel each"),
+        .init(name: "TSUBAME_RETENTION_DAYS", defaultValue: "30", kind: .int(0...36500), secret: false,
+              help: "finished executions and their output are deleted this many days after they were created, unless their job says otherwise (0 = keep)"),
+        .init(name: "TSUBAME_AUDIT_RETENTION_DAYS", defaultValue: "365", kind: .int(0...36500), secret: false,
+              help: "audit log entries are deleted after this many days (0 = keep)"),
         .init(name: "TSUBAME_OUTPUT_CAP_MB", defaultValue: "64", kind: .int(1...4096), secret: false,
               help: "output stored per execution; the rest is dropped with a system line"),
+        .init(name: "TSUBAME_PUBLIC_URL", defaultValue: nil, kind: .url(["http", "https"]), secret: false,
+              help: "the web UI's address as users reach it (e.g. https://ci.example.com); notifications link to executions with it"),
+        .init(name: "TSUBAME_SMTP_URL", defaultValue: nil, kind: .url(["smtp", "smtps"]), secret: false,
+              help: "mail server for e-mail notifications: smtp://host:25 (STARTTLS when the server offers it) or smtps://host:465 (TLS)"),
+        .init(name: "TSUBAME_SMTP_FROM", defaultValue: "tsubame-ci@localhost", kind: .string, secret: false,
+              help: "sender address of e-mail notifications"),
+        .init(name: "TSUBAME_SMTP_USERNAME", defaultValue: nil, kind: .string, secret: false, help: "SMTP user name (when the server wants one)"),
+        .init(name: "TSUBAME_SMTP_PASSWORD", defaultValue: nil, kind: .string, secret: true, help: "SMTP password"),
+        .init(name: "TSUBAME_SMTP_CA_FILE", defaultValue: nil, kind: .path, secret: false,
+              help: "PEM file of the CA that signed the mail server's certificate (default: the system's CAs)"),
+        .init(name: "TSUBAME_NOTIFY_RETRY_SECONDS", defaultValue: "10", kind: .int(1...3600), secret: false,
+              help: "wait before retrying a failed notification; later retries wait 6x, 30x and 180x this"),
+        .init(name: "TSUBAME_NOTIFY_MAX_ATTEMPTS", defaultValue: "5", kind: .int(1...20), secret: false,
+              help: "attempts per notification before it is marked failed"),
+        .init(name: "TSUBAME_NOTIFY_TIMEOUT_SECONDS", defaultValue: "15", kind: .int(1...300), secret: false,
+              help: "a notification's whole transfer (connecting takes at most 5 s of it)"),
+        .init(name: "TSUBAME_NOTIFY_CONCURRENCY", defaultValue: "4", kind: .int(1...64), secret: false,
+              help: "notifications one executor sends at once"),
         .init(name: "TSUBAME_LOG_LEVEL", defaultValue: "info", kind: .enumeration(["debug", "info", "warn", "error"]),
               secret: false, help: "least severe log level written to stderr"),
     ]
@@ -134,6 +158,13 @@ public struct Config: Sendable {
             return nil
         case let .enumeration(allowed):
             return allowed.contains(value) ? nil : "must be one of \(allowed.joined(separator: ", ")), got \"\(value)\""
+        case let .url(schemes):
+            let ok = schemes.contains { s in
+                guard value.lowercased().hasPrefix(s + "://") else { return false }
+                let host = value.dropFirst(s.count + 3).prefix { $0 != "/" && $0 != "?" && $0 != "#" }
+                return !host.isEmpty && !value.contains(where: { $0.isWhitespace })
+            }
+            return ok ? nil : "must be a URL starting with \(schemes.map { $0 + "://" }.joined(separator: " or ")) and naming a host"
         }
     }
 

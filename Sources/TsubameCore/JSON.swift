@@ -56,6 +56,7 @@ public enum JSON: Equatable, Sendable {
     public var arrayValue: [JSON]? { if case let .array(a) = resolved { return a }; return nil }
     public var objectValue: [(String, JSON)]? { if case let .object(o) = resolved { return o }; return nil }
     public var isNull: Bool { if case .null = resolved { return true }; return false }
+    public var doubleValue: Double? { if case let .number(n) = resolved { return Double(n) }; return nil }
 
     /// The value as an exact integer, if it is a number without fraction that fits Int64.
     public var int64Value: Int64? {

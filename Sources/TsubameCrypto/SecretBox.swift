@@ -4,6 +4,7 @@
 // is stored beside each ciphertext so keys can rotate.
 
 import Foundation
+public import TsubameCore
 internal import COpenSSL
 internal import Glibc
 
@@ -11,11 +12,26 @@ public struct SecretBox: Sendable {
     let key: [UInt8]
     /// Names this key; stored next to what it sealed.
     public let keyID: String
+    /// Older keys, during a key rotation: they open what they sealed; only `key` seals.
+    public let previous: [SecretBox]
 
-    public init(key: [UInt8]) throws {
+    public init(key: [UInt8], previous: [SecretBox] = []) throws {
         guard key.count == 32 else { throw SecretBoxError.badKey("the master key must be 32 bytes, it is \(key.count)") }
         self.key = key
+        self.previous = previous
         keyID = String(Crypto.hex(Crypto.sha256(key)).prefix(8))
+    }
+
+    /// The ids of every key this box can open with (the current one first).
+    public var keyIDs: [String] { [keyID] + previous.map(\.keyID) }
+
+    /// The box the settings name: TSUBAME_MASTER_KEY_FILE seals and opens; TSUBAME_PREVIOUS_MASTER_KEY_FILES
+    /// (comma-separated) only open, while `tsubame rotate-key` re-seals what they sealed.
+    public static func load(config: Config) throws -> SecretBox {
+        let current = try load(path: config.string("TSUBAME_MASTER_KEY_FILE") ?? "")
+        let paths = (config.string("TSUBAME_PREVIOUS_MASTER_KEY_FILES") ?? "").split(separator: ",")
+            .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        return try SecretBox(key: current.key, previous: try paths.map { try load(path: $0) })
     }
 
     /// Reads a key file (64 hex digits, whitespace ignored). Refuses a file that others may read.
@@ -60,7 +76,19 @@ public struct SecretBox: Sendable {
         return nonce + out[0..<Int(total)] + tag
     }
 
+    /// Opens with the current key, else with a previous one (GCM's tag tells which key sealed it).
     public func open(_ sealed: [UInt8]) throws -> [UInt8] {
+        do {
+            return try openWithKey(sealed)
+        } catch SecretBoxError.corrupt where !previous.isEmpty {
+            for old in previous {
+                if let plain = try? old.openWithKey(sealed) { return plain }
+            }
+            throw SecretBoxError.corrupt
+        }
+    }
+
+    func openWithKey(_ sealed: [UInt8]) throws -> [UInt8] {
         guard sealed.count >= 28 else { throw SecretBoxError.corrupt }
         let nonce = Array(sealed[0..<12]), tag = Array(sealed[(sealed.count - 16)...]), body = Array(sealed[12..<(sealed.count - 16)])
         guard let ctx = EVP_CIPHER_CTX_new() else { throw CryptoError(operation: "EVP_CIPHER_CTX_new") }

@@ -35,6 +35,10 @@ public struct ExecutorSettings: Sendable {
     public var statementBytes = 2 << 20
     /// How often the scheduler looks for due slots (a slot fires at most this late, plus the claim).
     public var scheduleTickSeconds = 1.0
+    /// History retention (Retention.sweep): days, 0 = keep; how often the sweep runs while nothing is left to delete.
+    public var retentionDays = 30
+    public var auditRetentionDays = 365
+    public var retentionIntervalSeconds = 60.0
     public var idleSessionSeconds = 0.0
     public var channelsPerConnection = 8
 
@@ -50,6 +54,8 @@ public struct ExecutorSettings: Sendable {
         pollSeconds = Double(config.int("TSUBAME_POLL_INTERVAL_MS")) / 1000
         connectTimeout = Double(config.int("TSUBAME_SSH_CONNECT_TIMEOUT_SECONDS"))
         outputCapBytes = config.int("TSUBAME_OUTPUT_CAP_MB") << 20
+        retentionDays = config.int("TSUBAME_RETENTION_DAYS")
+        auditRetentionDays = config.int("TSUBAME_AUDIT_RETENTION_DAYS")
         idleSessionSeconds = Double(config.int("TSUBAME_SSH_IDLE_SECONDS"))
         channelsPerConnection = config.int("TSUBAME_SSH_CHANNELS_PER_CONNECTION")
     }
@@ -125,6 +131,7 @@ public final class Executor: @unchecked Sendable {
     func controlLoop() {
         var db: PGConnection? = nil
         var lastHeartbeat = Date.distantPast, lastReap = Date.distantPast, lastClaim = Date.distantPast, nextTick = Date.distantPast
+        var nextSweep = Date()
         var wake = true
         while !isStopping {
             do {
@@ -164,6 +171,20 @@ public final class Executor: @unchecked Sendable {
                     try Events.prune(conn)
                     lastReap = Date()
                 }
+                if Date() >= nextSweep {
+                    // Old history, in batches for at most 200 ms (the loop also heartbeats); again at once while more is left.
+                    let started = Date()
+                    var total = Retention.Sweep(), more = false
+                    repeat {
+                        let s = try Retention.sweep(conn, defaultDays: settings.retentionDays, auditDays: settings.auditRetentionDays)
+                        total.executions += s.executions; total.auditEntries += s.auditEntries
+                        more = s.executions == 200 || s.auditEntries == 200
+                    } while more && Date().timeIntervalSince(started) < 0.2
+                    if total.executions + total.auditEntries > 0 {
+                        Log.info("old history deleted", [("executions", .int(total.executions)), ("audit_entries", .int(total.auditEntries))])
+                    }
+                    nextSweep = Date().addingTimeInterval(more ? 1 : settings.retentionIntervalSeconds)
+                }
                 if wake { try claim(conn); wake = false; lastClaim = Date() }
                 // Jittered poll: a missed NOTIFY costs at most one interval.
                 let jitter = settings.pollSeconds * Double.random(in: 0.8...1.2)
@@ -182,12 +203,23 @@ public final class Executor: @unchecked Sendable {
         }
     }
 
+    /// What the executor says of itself at each heartbeat (shown by /metrics): under `lock`.
+    var targetsRun: Int64 = 0
+    var connectSeconds = Histogram()
+
+    var stats: JSON {
+        lock.lock(); defer { lock.unlock() }
+        return .object([("capacity", .int(settings.capacity)), ("running", .int(active.count)), ("targets_run", .int(targetsRun)),
+                        ("ssh_connect_seconds", connectSeconds.json)])
+    }
+
     func heartbeat(_ db: PGConnection) throws {
+        let stats = stats
         lock.lock()
         let holding = Array(active.keys)
         lock.unlock()
         let held = try Queue.heartbeat(db, executor: settings.id, host: ProcessInfo.processInfo.hostName, leaseSeconds: settings.leaseSeconds,
-                                       holding: holding)
+                                       holding: holding, stats: stats)
         lock.lock()
         let lost = active.filter { holding.contains($0.key) && !held.contains($0.key) && !$0.value.lost }
         for (_, t) in lost { t.lost = true }
@@ -368,6 +400,7 @@ public final class Executor: @unchecked Sendable {
                 system(t, "host key \(algorithm) \(fingerprint) trusted on first use", &pending)
             }
         case let .started(id, connectMs):
+            lock.lock(); connectSeconds.observe(connectMs / 1000); lock.unlock()
             guard let t = target(id) else { return }
             system(t, "connected to \(t.claim.host):\(t.claim.port) as \(t.claim.username) in \(Int(connectMs)) ms; running (attempt \(t.claim.attempt))", &pending)
         case let .output(id, stream, bytes):
@@ -393,6 +426,7 @@ public final class Executor: @unchecked Sendable {
             }
             lock.lock()
             active[id] = nil
+            targetsRun += 1
             let more = active.values.contains { $0.claim.executionID == t.claim.executionID }
             lock.unlock()
             if !more { written[t.claim.executionID] = nil; truncated.remove(t.claim.executionID) }

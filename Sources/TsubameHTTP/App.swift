@@ -7,6 +7,7 @@ public import TsubameCore
 public import TsubameFastCGI
 public import TsubamePostgres
 public import TsubameCrypto
+public import TsubameNotify
 
 /// Settings the HTTP layer needs, built from Config or directly in tests.
 public struct AppSettings: Sendable {
@@ -16,17 +17,20 @@ public struct AppSettings: Sendable {
     public var loginMaxFailures: Int
     public var loginWindowSeconds: Int
     public var hasher: PasswordHasher
+    /// SMTP and the public URL, for "send test notification".
+    public var notify: NotifySettings
 
     public init(databaseURL: String, cookieSecure: Bool = true, sessionHours: Int = 12, loginMaxFailures: Int = 5,
-                loginWindowSeconds: Int = 900, hasher: PasswordHasher = PasswordHasher()) {
+                loginWindowSeconds: Int = 900, hasher: PasswordHasher = PasswordHasher(), notify: NotifySettings = NotifySettings()) {
         self.databaseURL = databaseURL; self.cookieSecure = cookieSecure; self.sessionHours = sessionHours
         self.loginMaxFailures = loginMaxFailures; self.loginWindowSeconds = loginWindowSeconds; self.hasher = hasher
+        self.notify = notify
     }
 
     public init(config: Config) {
         self.init(databaseURL: config.databaseURL, cookieSecure: config.bool("TSUBAME_COOKIE_SECURE"),
                   sessionHours: config.int("TSUBAME_SESSION_HOURS"), loginMaxFailures: config.int("TSUBAME_LOGIN_MAX_FAILURES"),
-                  loginWindowSeconds: config.int("TSUBAME_LOGIN_WINDOW_SECONDS"))
+                  loginWindowSeconds: config.int("TSUBAME_LOGIN_WINDOW_SECONDS"), notify: NotifySettings(config: config))
     }
 }
 
@@ -36,6 +40,12 @@ public final class App: @unchecked Sendable {
     private var connection: PGConnection?
     /// Extra lines for /metrics from the process (pool counters); set by the worker.
     public var metricsProvider: (() -> String)?
+    /// The pool master's status as JSON (GET /pool-status); nil when this worker runs without a pool.
+    public var poolStatus: (() throws -> String)?
+    /// Where answered requests are counted (the worker's, shared by its threads); nil: not counted.
+    public var requestMetrics: RequestMetrics?
+    /// The route the request being handled matched (`Routes.names` index).
+    var routeIndex = Routes.table.count
     /// Where long-polls park; without one (tests, tools) they are answered at once.
     public var hub: LiveHub?
 
@@ -43,6 +53,9 @@ public final class App: @unchecked Sendable {
         self.settings = settings
         self.box = box
     }
+
+    /// Makes `c` this app's connection (the CLI runs handlers inside its own transaction on it).
+    func use(connection c: PGConnection) { connection = c }
 
     /// This thread's connection, (re)connected on demand. Throws 503 when PostgreSQL cannot be reached.
     public func database() throws -> PGConnection {
@@ -62,7 +75,11 @@ public final class App: @unchecked Sendable {
     public func handle(_ request: HTTPRequest) -> HTTPResponse {
         let started = Date()
         let requestID = Crypto.hex(Crypto.randomBytes(8))
+        routeIndex = Routes.table.count
         let response = guarded(requestID: requestID, path: request.path) { try route(request) }
+        if let m = requestMetrics {
+            if response.park == nil { m.record(route: routeIndex, status: response.status, seconds: Date().timeIntervalSince(started)) } else { m.parked() }
+        }
         if Log.minimum <= .debug {
             Log.debug("request", [("request_id", .string(requestID)), ("method", .string(request.method)), ("path", .string(request.path)),
                                   ("status", .int(response.park == nil ? response.status : 0)),
@@ -97,6 +114,7 @@ public final class App: @unchecked Sendable {
         guard let (route, ids) = Routes.match(path: request.path) else {
             throw APIError(status: 404, title: "Not found", detail: "No API endpoint at \(request.path).")
         }
+        routeIndex = route.index
         let method = request.method == "HEAD" ? "GET" : request.method
         guard let handler = route.handlers[method] else { throw APIError.methodNotAllowed(route.handlers.keys.sorted()) }
         var ctx = Context(request: request, app: self, ids: ids)

@@ -21,6 +21,13 @@ public enum Commands {
                                   set a new password (generated unless given); signs the user out everywhere
           check-config            validate the settings and exit (non-zero with messages on a problem)
           config-dump [--reveal]  print every setting; secrets redacted unless --reveal
+          export [--file PATH]    write servers and jobs as JSON, without secrets
+          import --file PATH [--dry-run] [--as ADMIN]
+                                  create the servers and jobs of an export that do not exist yet
+          backup --file PATH      dump the whole database with pg_dump (custom format)
+          restore --file PATH [--yes]
+                                  replace the database with a backup, with pg_restore
+          rotate-key              re-seal every stored secret under the current master key
 
         Settings come from the environment and TSUBAME_CONFIG_FILE; see README.md.
         Every command accepts --help.
@@ -60,12 +67,22 @@ public enum Commands {
             case "user":
                 return try user(rest, config: config, out: out, err: err)
             case "check-config":
-                _ = try SecretBox.load(path: config.string("TSUBAME_MASTER_KEY_FILE") ?? "")
+                _ = try SecretBox.load(config: config)
                 out("configuration is valid")
                 return 0
             case "config-dump":
                 out(config.dump(revealSecrets: rest.contains("--reveal")))
                 return 0
+            case "export":
+                return try export(rest, config: config, out: out, err: err)
+            case "import":
+                return try importCommand(rest, config: config, out: out, err: err)
+            case "backup":
+                return try backup(rest, config: config, environment: environment, out: out, err: err)
+            case "restore":
+                return try restore(rest, config: config, environment: environment, out: out, err: err)
+            case "rotate-key":
+                return try rotateKey(rest, config: config, out: out, err: err)
             default:
                 err("tsubame: unknown command \(cmd)\n\n\(usage)")
                 return 2
@@ -90,6 +107,48 @@ public enum Commands {
             """
         case "check-config": return "usage: tsubame check-config\n\nValidates every setting and the master key file."
         case "config-dump": return "usage: tsubame config-dump [--reveal]\n\nPrints every setting as KEY=VALUE; secrets show as (redacted) unless --reveal."
+        case "export": return """
+            usage: tsubame export [--file PATH]
+
+            Writes every server and job as one JSON document (to PATH, or standard output), ordered by name, with names
+            instead of ids. No secret leaves: server passwords and keys, secret env values and notification secrets
+            are left out (secret_env_names lists what a job had).
+            """
+        case "import": return """
+            usage: tsubame import --file PATH [--dry-run] [--as ADMIN]
+
+            Creates the servers and jobs of an export that do not exist here yet (matched by name; existing ones are
+            kept unchanged), with the same checks as the API, in one transaction: on any problem nothing is imported.
+            Imported servers have no credentials and jobs no secret env values: the command lists what to set.
+            --dry-run   check everything and report, then roll back
+            --as ADMIN  the admin the audit log names (default: the first admin)
+            """
+        case "backup": return """
+            usage: tsubame backup --file PATH
+
+            Dumps the database (TSUBAME_DATABASE_URL) with pg_dump --format=custom to a new file. Safe while
+            tsubame-ci runs (one consistent snapshot). The dump holds credentials sealed with the master key:
+            back up TSUBAME_MASTER_KEY_FILE separately, or they cannot be read after a restore.
+            """
+        case "restore": return """
+            usage: tsubame restore --file PATH [--yes]
+
+            Replaces everything in the database with a backup made by `tsubame backup` (pg_restore --clean, in one
+            transaction). Stop the pools and executors first. Without --yes it refuses a database that has data.
+            Run `tsubame migrate` afterwards when the backup is older than this binary.
+            """
+        case "rotate-key": return """
+            usage: tsubame rotate-key
+
+            Re-seals every stored secret (server credentials, jobs' and runs' secret env, webhook secrets) with the key in
+            TSUBAME_MASTER_KEY_FILE, in batches; safe to stop and run again. A rotation without downtime:
+              1. tsubame keygen --file /etc/tsubame/master-2.key
+              2. set TSUBAME_MASTER_KEY_FILE to the new file and TSUBAME_PREVIOUS_MASTER_KEY_FILES to the old one,
+                 reload the pools and restart the executors (they open secrets with either key, seal with the new)
+              3. tsubame rotate-key (with the same settings)
+              4. remove TSUBAME_PREVIOUS_MASTER_KEY_FILES, reload and restart again, then destroy the old key
+            It refuses to start, changing nothing, while a secret is sealed with a key it was not given.
+            """
         default: return usage
         }
     }

@@ -12,19 +12,14 @@ enum Executions {
         e.output_truncated, \(tsSQL("e.created_at", as: "created")), \(tsSQL("e.started_at", as: "started")),
         \(tsSQL("e.finished_at", as: "finished")),
         (extract(epoch FROM (coalesce(e.finished_at, now()) - e.started_at)) * 1000)::bigint AS duration_ms,
-        CASE WHEN e.status = 'queued' OR (e.status = 'running'
-                  AND EXISTS (SELECT 1 FROM execution_targets q WHERE q.execution_id = e.id AND q.status = 'queued')) THEN
-            CASE WHEN NOT EXISTS (SELECT 1 FROM executors x WHERE x.last_seen > now() - interval '30 seconds')
-                     THEN 'no executor alive: start tsubame-executor'
-                 WHEN (SELECT count(*) FROM execution_targets r WHERE r.execution_id = e.id AND r.status = 'running') >= e.max_parallel
-                     THEN 'job concurrency: max_parallel (' || e.max_parallel || ') servers of this run are already running'
-                 WHEN EXISTS (SELECT 1 FROM execution_targets q WHERE q.execution_id = e.id AND q.status = 'queued' AND q.run_at > now())
-                     THEN 'retry backoff: waiting before the next attempt'
-                 ELSE 'waiting for an executor to pick it up' END
-        END AS waiting_reason
+        -- The reason of its queued targets (tsubame_waiting_reason, migration 0007), a specific one before the generic.
+        (SELECT r.reason FROM (SELECT tsubame_waiting_reason(q.id) AS reason, q.position, q.id FROM execution_targets q
+                               WHERE q.execution_id = e.id AND q.status = 'queued') r
+         ORDER BY r.reason = 'waiting for an executor to pick it up', r.position, r.id LIMIT 1) AS waiting_reason
         """
     static let targetColumns = """
         t.execution_id, t.server_id, t.server_name, t.status, t.exit_code, t.error, t.attempt,
+        CASE WHEN t.status = 'queued' THEN tsubame_waiting_reason(t.id) END AS waiting_reason,
         \(tsSQL("t.started_at", as: "started")), \(tsSQL("t.finished_at", as: "finished"))
         """
 
@@ -45,7 +40,7 @@ enum Executions {
                     ("started_at", ts(t, "started")), ("finished_at", ts(t, "finished")), ("error", .optString(t["error"])),
                     ("attempt", .int(t.int("attempt"))),
                 ]
-                if t.string("status") == "queued", let reason = r["waiting_reason"] { m.append(("waiting_reason", .string(reason))) }
+                if let reason = t["waiting_reason"] { m.append(("waiting_reason", .string(reason))) }
                 return .object(m)
             })),
         ]
@@ -117,10 +112,28 @@ enum Executions {
         try b.finish()
         let db = try ctx.db
         let trigger = p.sessionID == nil ? "api" : "manual"
-        guard let id = try Queue.enqueue(db, jobID: ctx.id(), trigger: trigger, userID: p.userID, username: p.username,
-                                         envOverrides: env.map(Jobs.envObject)) else { throw APIError.notFound("job") }
+        let id = try enqueueUnlessSkipped(db, jobID: ctx.id()) {
+            try Queue.enqueue(db, jobID: ctx.id(), trigger: trigger, userID: p.userID, username: p.username, envOverrides: env.map(Jobs.envObject))
+        }
         try ctx.audit("job.run", target: "job:\(ctx.id())", detail: .object([("execution_id", .int(id))]))
         return Reply.json(202, try fetch(db, id), headers: [("Location", "/api/v1/executions/\(id)")])
+    }
+
+    /// Runs `enqueue` under the job's row lock, unless the job says concurrency = skip and has an unfinished run (409).
+    static func enqueueUnlessSkipped(_ db: PGConnection, jobID: Int64, _ enqueue: () throws -> Int64?) throws -> Int64 {
+        try db.transaction { () throws -> Int64 in
+            guard let job = try db.query("SELECT concurrency FROM jobs WHERE id = $1 FOR NO KEY UPDATE", [jobID]).first else {
+                throw APIError.notFound("job")
+            }
+            if job.string("concurrency") == "skip", let busy = try db.query("""
+                SELECT id FROM executions WHERE job_id = $1 AND status IN ('queued', 'running') ORDER BY id LIMIT 1
+                """, [jobID]).first {
+                throw APIError.conflict("The job is already running (execution #\(busy.int64("id"))) and its concurrency is skip: "
+                                        + "wait for it to finish, cancel it, or set concurrency to allow or queue.")
+            }
+            guard let id = try enqueue() else { throw APIError.notFound("job") }
+            return id
+        }
     }
 
     static func cancel(_ ctx: Context) throws -> HTTPResponse {
@@ -154,8 +167,10 @@ enum Executions {
                 """, [ctx.id()]).map { $0.int64("server_id") }
             if servers!.isEmpty { throw APIError.conflict("No server failed in this execution: nothing to re-run.") }
         }
-        guard let id = try Queue.enqueue(db, jobID: jobID, trigger: "retry", userID: p.userID, username: p.username, envOverrides: nil,
-                                         parentID: ctx.id(), onlyServers: servers) else { throw APIError.notFound("job") }
+        let id = try enqueueUnlessSkipped(db, jobID: jobID) {
+            try Queue.enqueue(db, jobID: jobID, trigger: "retry", userID: p.userID, username: p.username, envOverrides: nil,
+                              parentID: ctx.id(), onlyServers: servers)
+        }
         try ctx.audit("execution.rerun", target: "execution:\(ctx.id())", detail: .object([("execution_id", .int(id))]))
         return Reply.json(202, try fetch(db, id), headers: [("Location", "/api/v1/executions/\(id)")])
     }

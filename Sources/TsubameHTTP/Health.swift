@@ -27,9 +27,25 @@ enum Health {
         HTTPResponse(status: 200, headers: [("Content-Type", "application/json"), ("Cache-Control", "no-cache")], body: openAPIDocument)
     }
 
+    /// GET /pool-status: what `tsubame-pool status --json` prints (nginx serves it to loopback only, like /metrics).
+    static func poolStatus(_ ctx: Context) throws -> HTTPResponse {
+        guard let status = ctx.app.poolStatus else {
+            throw APIError(status: 404, title: "Not found", detail: "This worker runs without a pool master: there is no pool status.")
+        }
+        let text: String
+        do { text = try status() } catch {
+            throw APIError.unavailable("The pool master did not answer: \(error)")
+        }
+        return HTTPResponse(status: 200, headers: [("Content-Type", "application/json"), ("Cache-Control", "no-store")], body: Array(text.utf8))
+    }
+
     static func metrics(_ ctx: Context) throws -> HTTPResponse {
         var text = "# HELP tsubame_up 1 while this worker answers.\n# TYPE tsubame_up gauge\ntsubame_up 1\n"
         if let extra = ctx.app.metricsProvider?() { text += extra }
+        // The database part; without the database the pool's own figures still answer.
+        let dbText = try? Metrics.database(try ctx.db)
+        text += "# HELP tsubame_database_up 1 when PostgreSQL answered this scrape.\n# TYPE tsubame_database_up gauge\n"
+            + "tsubame_database_up \(dbText == nil ? 0 : 1)\n" + (dbText ?? "")
         return HTTPResponse(status: 200, headers: [("Content-Type", "text/plain; version=0.0.4")], body: Array(text.utf8))
     }
 }

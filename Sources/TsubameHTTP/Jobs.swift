@@ -12,15 +12,13 @@ enum Jobs {
     static let columns = """
         j.id, j.name, j.description, j.script, j.env::text AS env_json, to_json(j.secret_env_names)::text AS secret_names_json,
         j.timeout_seconds, j.schedule, j.timezone, j.misfire, j.concurrency, j.max_parallel, j.retries,
-        to_json(j.tags)::text AS tags_json, j.enabled, j.notify::text AS notify_json, to_json(j.run_after)::text AS run_after_json, j.run_after_condition,
+        to_json(j.tags)::text AS tags_json, j.enabled, \(NotifyItems.publicSQL("j.notify")) AS notify_json, to_json(j.run_after)::text AS run_after_json, j.run_after_condition,
         (SELECT coalesce(json_agg(js.server_id ORDER BY js.position), '[]') FROM job_servers js WHERE js.job_id = j.id)::text AS servers_json,
         \(tsSQL("j.created_at", as: "created")), \(tsSQL("j.updated_at", as: "updated")),
         (SELECT json_build_object('id', e.id, 'status', e.status, 'finished_at',
                                   to_char(e.finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))
          FROM executions e WHERE e.job_id = j.id ORDER BY e.id DESC LIMIT 1)::text AS last_json
         """
-    static let notifyStatuses = ["started", "succeeded", "failed", "cancelled", "timed_out", "long_running"]
-
     static func json(_ r: PGRow) -> JSON {
         var nextRuns: [JSON] = []
         if r.bool("enabled"), let expr = r["schedule"] {
@@ -72,7 +70,7 @@ enum Jobs {
         var timeout, maxParallel, retries: Int64?
         var tags: [String]?
         var enabled: Bool?
-        var notify: JSON?
+        var notify: [NotifyItem]?
     }
 
     static func read(_ ctx: Context, creating: Bool) throws -> Input {
@@ -113,39 +111,16 @@ enum Jobs {
         return i
     }
 
-    static func readNotify(_ b: inout BodyReader) -> JSON? {
+    static func readNotify(_ b: inout BodyReader) -> [NotifyItem]? {
         guard let v = b.raw("notify", .optional) else { return nil }
         guard let items = v.arrayValue else { b.fail("notify", "must be an array, got \(v.typeName)"); return nil }
         if items.count > 20 { b.fail("notify", "must have at most 20 items"); return nil }
-        var out: [JSON] = []
+        var out: [NotifyItem] = []
         for (n, item) in items.enumerated() {
-            let f = "notify[\(n)]"
-            guard let members = item.objectValue else { b.fail(f, "must be an object"); return nil }
-            for (k, _) in members where !["on", "type", "url", "to"].contains(k) { b.fail("\(f).\(k)", "is not a known field"); return nil }
-            guard let on = item["on"]?.arrayValue, !on.isEmpty,
-                  on.allSatisfy({ $0.stringValue.map(notifyStatuses.contains) ?? false }) else {
-                b.fail("\(f).on", "must list one or more of: \(notifyStatuses.joined(separator: ", "))"); return nil
-            }
-            guard let type = item["type"]?.stringValue, ["webhook", "slack", "email"].contains(type) else {
-                b.fail("\(f).type", "must be webhook, slack or email"); return nil
-            }
-            var entry: [(String, JSON)] = [("on", .array(on)), ("type", .string(type))]
-            if type == "email" {
-                guard let to = item["to"]?.stringValue, to.count <= 254, !to.utf8.contains(0),
-                      to.range(of: "^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$", options: .regularExpression) != nil, item["url"] == nil else {
-                    b.fail("\(f).to", "must be an e-mail address (and url must be absent)"); return nil
-                }
-                entry.append(("to", .string(to)))
-            } else {
-                guard let url = item["url"]?.stringValue, url.count <= 2000, !url.utf8.contains(0),
-                      url.range(of: "^https?://[^\\s/$.?#][^\\s]*$", options: .regularExpression) != nil, item["to"] == nil else {
-                    b.fail("\(f).url", "must be an http or https URL (and to must be absent)"); return nil
-                }
-                entry.append(("url", .string(url)))
-            }
-            out.append(.object(entry))
+            guard let parsed = NotifyItem.read(item, field: "notify[\(n)]", &b) else { return nil }
+            out.append(parsed)
         }
-        return .array(out)
+        return out
     }
 
     /// 422 naming ids that do not exist.
@@ -181,6 +156,7 @@ enum Jobs {
         guard let name = i.name, let script = i.script, let servers = i.serverIDs else { throw APIError.validation([]) }
         let db = try ctx.db
         let (secret, keyID, secretNames) = try sealSecrets(ctx.app.box, i.secretEnv ?? [])
+        let notify = try NotifyItems.stored(i.notify ?? [], box: ctx.app.box, current: nil)
         let row = try db.transaction { () throws -> PGRow in
             try requireExisting(db, table: "servers", field: "server_ids", servers)
             try requireExisting(db, table: "jobs", field: "run_after", i.runAfter ?? [])
@@ -192,7 +168,7 @@ enum Jobs {
                     VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::jsonb, $18, $19) RETURNING id
                     """, [name, i.description ?? "", script, envObject(i.env ?? []), secret, keyID, secretNames, i.timeout ?? 3600,
                           i.schedule ?? nil, i.timezone ?? "UTC", i.misfire ?? "skip", i.concurrency ?? "allow", i.maxParallel ?? 10,
-                          i.retries ?? 0, TextArray(i.tags ?? []), i.enabled ?? true, i.notify ?? .array([]),
+                          i.retries ?? 0, TextArray(i.tags ?? []), i.enabled ?? true, notify,
                           Int64Array(i.runAfter ?? []), i.runAfterCondition ?? "success"])[0].int64("id")
             } catch let e as PGError where e.isUniqueViolation {
                 throw APIError.conflict("A job named \(name) already exists.")
@@ -211,7 +187,9 @@ enum Jobs {
         let db = try ctx.db
         let box = ctx.app.box
         let row = try db.transaction { () throws -> PGRow in
-            guard let cur = try db.query("SELECT secret_env FROM jobs WHERE id = $1 FOR UPDATE", [id]).first else { throw APIError.notFound("job") }
+            guard let cur = try db.query("SELECT secret_env, notify::text AS notify FROM jobs WHERE id = $1 FOR UPDATE", [id]).first else {
+                throw APIError.notFound("job")
+            }
             if let s = i.serverIDs { try requireExisting(db, table: "servers", field: "server_ids", s) }
             if let r = i.runAfter {
                 if r.contains(id) { throw APIError.validation([FieldError("run_after", "a job cannot run after itself")]) }
@@ -240,6 +218,8 @@ enum Jobs {
                 }
                 secretChange = try sealSecrets(box, current)
             }
+            // Items sent back without `secret` keep the stored secret of the same receiver.
+            let notify = try i.notify.map { try NotifyItems.stored($0, box: box, current: try JSON.parse(cur.string("notify"))) }
             do {
                 try db.query("""
                     UPDATE jobs SET name = coalesce($2, name), description = coalesce($3, description), script = coalesce($4, script),
@@ -254,7 +234,7 @@ enum Jobs {
                     WHERE id = $1
                     """, [id, i.name, i.description, i.script, i.env.map(envObject), secretChange != nil, secretChange?.0,
                           secretChange?.1, secretChange?.2, i.timeout, i.schedule != nil, i.schedule ?? nil, i.timezone, i.misfire,
-                          i.concurrency, i.maxParallel, i.retries, i.tags.map(TextArray.init), i.enabled, i.notify,
+                          i.concurrency, i.maxParallel, i.retries, i.tags.map(TextArray.init), i.enabled, notify,
                           i.runAfter.map(Int64Array.init), i.runAfterCondition])
             } catch let e as PGError where e.isUniqueViolation {
                 throw APIError.conflict("A job named \(i.name ?? "") already exists.")

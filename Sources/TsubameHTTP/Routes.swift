@@ -10,13 +10,24 @@ struct Route: Sendable {
     let segments: [String]
     let handlers: [String: Handler]
     let requiresAuth: Bool
+    /// Its place in `Routes.table`: the route label of request metrics.
+    var index = 0
 }
 
 enum Routes {
-    static let table: [Route] = [
+    static let table: [Route] = declared.enumerated().map { i, route in
+        var r = route
+        r.index = i
+        return r
+    }
+    /// The metrics label of each route (its pattern), by index; unmatched paths count as "unmatched".
+    static let names = table.map { "/" + $0.segments.joined(separator: "/") } + ["unmatched"]
+
+    static let declared: [Route] = [
         r("/api/health", auth: false, ["GET": Health.get]),
         r("/api/openapi.json", auth: false, ["GET": Health.openAPI]),
         r("/metrics", auth: false, ["GET": Health.metrics]),
+        r("/pool-status", auth: false, ["GET": Health.poolStatus]),
         r("/api/v1/auth/login", auth: false, ["POST": Auth.login]),
         r("/api/v1/auth/logout", ["POST": Auth.logout]),
         r("/api/v1/auth/me", ["GET": Auth.me]),
@@ -30,6 +41,7 @@ enum Routes {
         r("/api/v1/jobs", ["GET": Jobs.list, "POST": Jobs.create]),
         r("/api/v1/jobs/{id}", ["GET": Jobs.get, "PATCH": Jobs.update, "DELETE": Jobs.delete]),
         r("/api/v1/jobs/{id}/run", ["POST": Executions.run]),
+        r("/api/v1/jobs/{id}/notify-test", ["POST": Deliveries.test]),
         r("/api/v1/executions", ["GET": Executions.list]),
         r("/api/v1/executions/{id}", ["GET": Executions.get]),
         r("/api/v1/executions/{id}/cancel", ["POST": Executions.cancel]),
@@ -37,6 +49,7 @@ enum Routes {
         r("/api/v1/executions/{id}/log", ["GET": Live.log]),
         r("/api/v1/executions/{id}/log.txt", ["GET": Live.logText]),
         r("/api/v1/events", ["GET": Live.events]),
+        r("/api/v1/notifications", ["GET": Deliveries.list]),
         r("/api/v1/audit", ["GET": Audit.list]),
         r("/api/v1/stats", ["GET": Stats.get]),
         r("/api/v1/schedule/preview", ["GET": Stats.preview]),

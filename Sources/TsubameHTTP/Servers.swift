@@ -11,7 +11,7 @@ import TsubameSSH
 
 enum Servers {
     static let columns = """
-        id, name, host, port, username, auth_method, description, to_json(tags)::text AS tags_json,
+        id, name, host, port, username, auth_method, description, max_concurrent, to_json(tags)::text AS tags_json,
         has_password, has_private_key, has_passphrase, host_key_algorithm, host_key_fingerprint,
         \(tsSQL("host_key_trusted_at", as: "trusted")), \(tsSQL("created_at", as: "created")), \(tsSQL("updated_at", as: "updated"))
         """
@@ -28,7 +28,7 @@ enum Servers {
             ("port", .int(r.int("port"))), ("username", .string(r.string("username"))), ("auth_method", .string(r.string("auth_method"))),
             ("description", .string(r.string("description"))), ("tags", r.json("tags_json")), ("host_key", hostKey),
             ("has_password", .bool(r.bool("has_password"))), ("has_private_key", .bool(r.bool("has_private_key"))),
-            ("has_passphrase", .bool(r.bool("has_passphrase"))),
+            ("has_passphrase", .bool(r.bool("has_passphrase"))), ("max_concurrent", .int(r.int("max_concurrent"))),
             ("created_at", ts(r, "created")), ("updated_at", ts(r, "updated")),
         ])
     }
@@ -78,7 +78,7 @@ enum Servers {
     /// Fields common to create and update; nil where absent.
     struct Input {
         var name, host, username, authMethod, description: String?
-        var port: Int64?
+        var port, maxConcurrent: Int64?
         var tags: [String]?
         var password, privateKey, passphrase: String?
         var clearHostKey = false
@@ -91,6 +91,7 @@ enum Servers {
         i.name = b.string("name", req, min: 1, max: 100)
         i.host = b.string("host", req, min: 1, max: 255, pattern: hostPattern, patternHelp: "must be a host name or an IP address")
         i.port = b.int("port", .optional, range: 1...65535)
+        i.maxConcurrent = b.int("max_concurrent", .optional, range: 1...1000)
         i.username = b.string("username", req, min: 1, max: 64, pattern: userPattern,
                               patternHelp: "may use letters, digits and _ . @ - only")
         i.authMethod = b.oneOf("auth_method", req, ["password", "key"])
@@ -132,10 +133,11 @@ enum Servers {
             do {
                 let r = try db.query("""
                     INSERT INTO servers (name, host, port, username, auth_method, credentials, key_id, has_password, has_private_key,
-                                         has_passphrase, description, tags)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING \(columns)
+                                         has_passphrase, description, tags, max_concurrent)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING \(columns)
                     """, [name, host, i.port ?? 22, username, method, Bytea(sealed), box.keyID, creds.password != nil,
-                          creds.privateKey != nil, creds.passphrase != nil, i.description ?? "", TextArray(i.tags ?? [])])[0]
+                          creds.privateKey != nil, creds.passphrase != nil, i.description ?? "", TextArray(i.tags ?? []),
+                          i.maxConcurrent ?? 4])[0]
                 try ctx.audit("server.create", target: "server:\(r.int64("id"))", detail: .object([("name", .string(name))]))
                 return r
             } catch let e as PGError where e.isUniqueViolation {
@@ -171,10 +173,12 @@ enum Servers {
                         host_key_algorithm = CASE WHEN $14 THEN NULL ELSE host_key_algorithm END,
                         host_key_fingerprint = CASE WHEN $14 THEN NULL ELSE host_key_fingerprint END,
                         host_key_trusted_at = CASE WHEN $14 THEN NULL ELSE host_key_trusted_at END,
+                        max_concurrent = coalesce($15, max_concurrent),
                         updated_at = now()
                     WHERE id = $1 RETURNING \(columns)
                     """, [id, i.name, i.host, i.port, i.username, method, Bytea(sealed), box.keyID, creds.password != nil,
-                          creds.privateKey != nil, creds.passphrase != nil, i.description, i.tags.map(TextArray.init), i.clearHostKey])[0]
+                          creds.privateKey != nil, creds.passphrase != nil, i.description, i.tags.map(TextArray.init), i.clearHostKey,
+                          i.maxConcurrent])[0]
                 var changed: [JSON] = []
                 if i.password != nil { changed.append("password") }
                 if i.privateKey != nil { changed.append("private_key") }

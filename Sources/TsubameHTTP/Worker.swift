@@ -7,6 +7,7 @@ public import Foundation
 public import TsubameCore
 public import TsubameFastCGI
 import TsubameCrypto
+import TsubamePool
 import TsubamePostgres
 
 public final class Worker: @unchecked Sendable {
@@ -17,10 +18,15 @@ public final class Worker: @unchecked Sendable {
     /// Parked long-polls of this process.
     public let hub: LiveHub
     let responders: Int
+    /// This process's request counters (the reporter thread copies them to the scoreboard for /metrics).
+    let requestMetrics = RequestMetrics()
+    /// The pool master's control socket (for /pool-status).
+    let controlPath: String
 
     public init(config: Config, listenFD: Int32 = 0, environment: [String: String] = ProcessInfo.processInfo.environment) throws {
         settings = AppSettings(config: config)
-        box = try SecretBox.load(path: config.string("TSUBAME_MASTER_KEY_FILE") ?? "")
+        controlPath = config.string("TSUBAME_POOL_CONTROL_SOCKET") ?? ((config.string("TSUBAME_FCGI_SOCKET") ?? "") + ".ctl")
+        box = try SecretBox.load(config: config)
         server = FastCGIServer(listenFD: listenFD, threads: config.int("TSUBAME_WORKER_THREADS"),
                                maxRequests: config.int("TSUBAME_MAX_REQUESTS"))
         hub = LiveHub(settings: settings, box: box, maxWaiters: config.int("TSUBAME_LONGPOLL_MAX_WAITERS"))
@@ -44,34 +50,28 @@ public final class Worker: @unchecked Sendable {
         Worker.raiseFileLimit()
         // A client that went away must not kill the process when its answer is written.
         signal(SIGPIPE, SIG_IGN)
-        let settings = settings, box = box, stats = server.stats, hub = hub, scoreboard = scoreboard
+        let settings = settings, box = box, stats = server.stats, hub = hub, scoreboard = scoreboard, requestMetrics = requestMetrics,
+            controlPath = controlPath
         hub.start(responders: responders)
         server.start { _ in
             let app = App(settings: settings, box: box)
             app.hub = hub
+            app.requestMetrics = requestMetrics
+            if scoreboard != nil {
+                app.poolStatus = { try PoolMaster.query(controlPath: controlPath, command: "status json") }
+            }
             app.metricsProvider = { [scoreboard] in
-                var text = "# TYPE tsubame_worker_requests_total counter\ntsubame_worker_requests_total{pid=\"\(getpid())\"} \(stats.served)\n"
-                    + "# TYPE tsubame_worker_busy_threads gauge\ntsubame_worker_busy_threads{pid=\"\(getpid())\"} \(stats.busy)\n"
-                    + "# TYPE tsubame_longpoll_waiters gauge\n"
-                // Waiters of the whole pool (from the scoreboard, at most 100 ms old), or of this process alone.
-                if let (board, _) = scoreboard {
-                    for slot in 0..<board.slots {
-                        let s = board.read(slot)
-                        if s.pid != 0 { text += "tsubame_longpoll_waiters{pid=\"\(s.pid)\"} \(s.waiting)\n" }
-                    }
-                } else {
-                    text += "tsubame_longpoll_waiters{pid=\"\(getpid())\"} \(stats.parked)\n"
-                }
-                return text
+                Metrics.pool(scoreboard: scoreboard?.0, metrics: requestMetrics, parkedNow: stats.parked)
             }
             return app.handle
         }
         if let (board, slot) = scoreboard {
-            let server = server
+            let server = server, requestMetrics = requestMetrics
             Thread.detachNewThread {
                 while true {
                     board.write(slot, .init(pid: Int64(getpid()), served: Int64(server.stats.served), busy: Int64(server.stats.busy),
                                            waiting: Int64(server.stats.parked)))
+                    board.writeStats(slot, requestMetrics.snapshot)
                     if server.isStopping && server.stats.busy == 0 && server.stats.parked == 0 { break }
                     usleep(100_000)
                 }

@@ -45,9 +45,9 @@ public final class PoolMaster: @unchecked Sendable {
 
     public let settings: PoolSettings
     public private(set) var workers: [pid_t: WorkerInfo] = [:]
-    public private(set) var restarts = 0
-    public private(set) var recycled = 0
-    public private(set) var reloads = 0
+    public private(set) var restarts = 0 { didSet { publish() } }
+    public private(set) var recycled = 0 { didSet { publish() } }
+    public private(set) var reloads = 0 { didSet { publish() } }
     public private(set) var stopping = false
     public let startedAt = Date()
     var listenFD: Int32 = -1
@@ -167,6 +167,11 @@ public final class PoolMaster: @unchecked Sendable {
 
     /// Collects exited workers and schedules replacements. Returns how many exited.
     @discardableResult
+    /// The counters /metrics shows, in the scoreboard's header.
+    func publish() {
+        scoreboard?.writePool(.init(restarts: Int64(restarts), recycled: Int64(recycled), reloads: Int64(reloads)))
+    }
+
     public func reap() -> Int {
         var n = 0
         while true {
@@ -176,6 +181,7 @@ public final class PoolMaster: @unchecked Sendable {
             n += 1
             guard let info = workers.removeValue(forKey: pid) else { continue }
             scoreboard?.write(info.slot, .init(pid: 0, served: 0, busy: 0))
+            scoreboard?.retire(info.slot)  // its request counters stay in the pool's totals
             let exitedCleanly = (status & 0x7f) == 0 && ((status >> 8) & 0xff) == 0
             if info.retiring || stopping { continue }
             if exitedCleanly {
@@ -328,6 +334,9 @@ public final class PoolMaster: @unchecked Sendable {
         defer { close(fd) }
         let rc = try withUnixAddress(controlPath) { connect(fd, $0, $1) }
         guard rc == 0 else { throw PoolError("no pool master answers at \(controlPath): \(String(cString: strerror(errno)))") }
+        // A master busy elsewhere must not hold the caller (a worker thread answering /pool-status) for long.
+        var tv = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         let cmd = Array((command + "\n").utf8)
         _ = cmd.withUnsafeBufferPointer { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         var out: [UInt8] = []

@@ -97,23 +97,20 @@ public enum Queue {
         }
     }
 
-    /// Claims up to `limit` runnable targets for `executor`, honouring each execution's max_parallel.
+    /// Claims up to `limit` runnable targets for `executor`, honouring every limit (see `tsubame_claimable`).
     public static func claim(_ db: PGConnection, executor: String, limit: Int, leaseSeconds: Int) throws -> [ClaimedTarget] {
         guard limit > 0 else { return [] }
         return try db.transaction {
-            // One claimer at a time: max_parallel is counted, then filled; claims take milliseconds.
+            // One claimer at a time: the limits are counted, then filled; claims take milliseconds.
             try db.query("SELECT pg_advisory_xact_lock(7458220)")
             let details = try db.query("""
-                WITH runnable AS (
-                    SELECT t.id, t.execution_id,
-                           row_number() OVER (PARTITION BY t.execution_id ORDER BY t.position, t.id) AS n,
-                           e.max_parallel - (SELECT count(*) FROM execution_targets r
-                                             WHERE r.execution_id = t.execution_id AND r.status = 'running') AS free
-                    FROM execution_targets t JOIN executions e ON e.id = t.execution_id
-                    WHERE t.status = 'queued' AND t.run_at <= now() AND NOT e.cancel_requested
+                WITH picked AS MATERIALIZED (
+                    -- tsubame_claimable (migration 0007) honours max_parallel, the servers' max_concurrent,
+                    -- concurrency = queue and run_after, counting what it picks. Called once.
+                    SELECT unnest(tsubame_claimable($2)) AS id
                 ), chosen AS (
-                    SELECT t.id FROM execution_targets t JOIN runnable r ON r.id = t.id
-                    WHERE r.n <= r.free ORDER BY t.run_at, t.id LIMIT $2 FOR UPDATE OF t SKIP LOCKED
+                    SELECT t.id FROM execution_targets t JOIN picked p ON p.id = t.id WHERE t.status = 'queued'
+                    FOR UPDATE OF t SKIP LOCKED
                 ), claimed AS (
                     UPDATE execution_targets t SET status = 'running', executor_id = $1, attempt = t.attempt + 1,
                            lease_expires_at = now() + make_interval(secs => $3), started_at = now(), finished_at = NULL,
@@ -143,11 +140,12 @@ public enum Queue {
     /// Extends the leases of the targets this executor process is running (`holding`); returns those still held
     /// (others were lost). Targets under the same executor id that this process does not run (a restart with a
     /// fixed TSUBAME_EXECUTOR_ID) are not renewed, so the reaper fails them after their lease.
-    public static func heartbeat(_ db: PGConnection, executor: String, host: String, leaseSeconds: Int, holding: [Int64]) throws -> Set<Int64> {
+    public static func heartbeat(_ db: PGConnection, executor: String, host: String, leaseSeconds: Int, holding: [Int64],
+                                 stats: JSON = .object([])) throws -> Set<Int64> {
         try db.query("""
-            INSERT INTO executors (id, host, pid) VALUES ($1, $2, $3)
-            ON CONFLICT (id) DO UPDATE SET last_seen = now()
-            """, [executor, host, Int(getpid())])
+            INSERT INTO executors (id, host, pid, stats) VALUES ($1, $2, $3, $4::jsonb)
+            ON CONFLICT (id) DO UPDATE SET last_seen = now(), stats = EXCLUDED.stats
+            """, [executor, host, Int(getpid()), stats])
         let rows = try db.query("""
             UPDATE execution_targets SET lease_expires_at = now() + make_interval(secs => $2)
             WHERE executor_id = $1 AND status = 'running' AND id = ANY($3::bigint[]) RETURNING id
@@ -217,6 +215,12 @@ public enum Queue {
             guard let execution = rows.first?.int64("execution_id") else { return false }
             if retryDelaySeconds != nil { try db.query("SELECT pg_notify($1, $2)", [queueChannel, String(execution)]) }
             try finalizeIfDone(db, executionID: execution)
+            // A slot came free (max_parallel, a server's max_concurrent, a queued run's turn): wake the claimers.
+            if retryDelaySeconds == nil {
+                try db.query("""
+                    SELECT pg_notify($1, 'free') WHERE EXISTS (SELECT 1 FROM execution_targets WHERE status = 'queued' AND run_at <= now())
+                    """, [queueChannel])
+            }
             return true
         }
     }
@@ -258,6 +262,8 @@ public enum Queue {
             SELECT id FROM jobs WHERE $1 = ANY(run_after) AND enabled
               AND (run_after_condition = 'always' OR (run_after_condition = 'success' AND $2 = 'succeeded')
                    OR (run_after_condition = 'failure' AND $2 IN ('failed', 'timed_out')))
+              -- concurrency = skip: not while the dependent job still runs.
+              AND NOT (concurrency = 'skip' AND EXISTS (SELECT 1 FROM executions o WHERE o.job_id = jobs.id AND o.status IN ('queued', 'running')))
             ORDER BY id
             """, [job, done.string("status")]) {
             _ = try enqueue(db, jobID: dependent.int64("id"), trigger: "dependency", userID: nil, username: nil, envOverrides: nil,

@@ -465,7 +465,21 @@ struct APITests {
         app.metricsProvider = { "extra_metric 1\n" }
         let m = anon.get("/metrics")
         #expect(m.text.contains("tsubame_up 1") && m.text.contains("extra_metric 1"))
+        for name in ["tsubame_database_up 1", "tsubame_queue_targets ", "tsubame_queue_oldest_seconds ", "tsubame_targets_running ",
+                     #"tsubame_executions{status="queued"} "#, #"tsubame_executions_finished_total{status="succeeded"} "#,
+                     "tsubame_log_bytes_total ", "# TYPE tsubame_ssh_connect_seconds histogram"] {
+            #expect(m.text.contains(name), "\(name) missing")
+        }
+        // /pool-status: only under a pool master, 503 when it does not answer.
+        #expect(anon.get("/pool-status").status == 404)
+        app.poolStatus = { #"{"workers":[]}"# }
+        #expect(anon.get("/pool-status").json["workers"] == .array([]))
+        app.poolStatus = { throw SecretBoxError.corrupt }
+        #expect(anon.get("/pool-status").status == 503)
+        app.poolStatus = nil
         let down = Client(try TestDB.makeApp(url: "postgresql://nobody@127.0.0.1:1/none?connect_timeout=1"))
+        let dm = down.get("/metrics")
+        #expect(dm.status == 200 && dm.text.contains("tsubame_database_up 0") && !dm.text.contains("tsubame_queue_targets"))
         let h = down.get("/api/health")
         #expect(h.status == 503 && h.json["database"] == "unreachable")
         #expect(down.get("/api/v1/servers").status == 503)

@@ -221,3 +221,67 @@ import Testing
         #expect(APIError.notImplemented("x").status == 501)
     }
 }
+
+@Suite struct MetricsTests {
+    @Test func requestStatsCountByRouteStatusAndLatency() {
+        var s = RequestStats()
+        s.record(route: 0, status: 200, seconds: 0.0004)
+        s.record(route: 0, status: 204, seconds: 0.02)
+        s.record(route: 0, status: 404, seconds: 30)
+        s.record(route: 2, status: 503, seconds: 0.001)
+        s.record(route: 999, status: 101, seconds: 0.5)  // clamped: the last route, the first class
+        var t = RequestStats()
+        t.add(s)
+        t.add(s)
+        let text = t.prometheus(routeNames: ["/a", "/b", "/c"])
+        #expect(text.contains(#"tsubame_http_requests_total{route="/a",status="2xx"} 4"#))
+        #expect(text.contains(#"tsubame_http_requests_total{route="/a",status="4xx"} 2"#))
+        #expect(text.contains(#"tsubame_http_requests_total{route="/c",status="5xx"} 2"#))
+        #expect(text.contains(#"tsubame_http_requests_total{route="other",status="2xx"} 2"#))
+        #expect(!text.contains(#"route="/b""#))
+        #expect(text.contains(#"tsubame_http_request_duration_seconds_bucket{route="/a",le="0.001"} 2"#))
+        #expect(text.contains(#"tsubame_http_request_duration_seconds_bucket{route="/a",le="0.025"} 4"#))
+        #expect(text.contains(#"tsubame_http_request_duration_seconds_bucket{route="/a",le="10.0"} 4"#))
+        #expect(text.contains(#"tsubame_http_request_duration_seconds_bucket{route="/a",le="+Inf"} 6"#))
+        #expect(text.contains(#"tsubame_http_request_duration_seconds_count{route="/a"} 6"#))
+        #expect(text.contains(#"tsubame_http_request_duration_seconds_sum{route="/a"} 60.0408"#))
+        #expect(RequestStats(words: [1, 2]) == RequestStats())
+    }
+
+    @Test func histogramsTravelAsJSON() throws {
+        var h = Histogram()
+        for v in [0.001, 0.02, 0.02, 3, 60] { h.observe(v) }
+        #expect(h.count == 5)
+        let back = Histogram(json: try JSON.parse(h.json.encoded()))
+        #expect(back == h)
+        #expect(Histogram(json: .object([("bounds", .array([.int(1)])), ("counts", .array([.int(1)])), ("sum", .int(0))])) == nil)
+        #expect(Histogram(json: .null) == nil)
+        let text = h.prometheus("x_seconds", labels: #"executor="e""#)
+        #expect(text.contains(#"x_seconds_bucket{executor="e",le="0.005"} 1"#))
+        #expect(text.contains(#"x_seconds_bucket{executor="e",le="0.025"} 3"#))
+        #expect(text.contains(#"x_seconds_bucket{executor="e",le="+Inf"} 5"#))
+        #expect(text.contains(#"x_seconds_count{executor="e"} 5"#))
+        #expect(Histogram().prometheus("y", labels: "").contains(#"y_bucket{le="+Inf"} 0"#))
+    }
+
+    @Test func theScoreboardKeepsTheCountsOfRetiredWorkers() throws {
+        let path = NSTemporaryDirectory() + "board-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let master = try Scoreboard(path: path, slots: 2, create: true)
+        let worker = try Scoreboard(path: path, slots: 2, create: false)
+        var s = RequestStats()
+        s.record(route: 1, status: 200, seconds: 0.01)
+        worker.writeStats(0, s)
+        worker.writeStats(1, s)
+        worker.write(0, .init(pid: 42, served: 7, busy: 1, waiting: 3))
+        #expect(master.read(0) == .init(pid: 42, served: 7, busy: 1, waiting: 3))
+        #expect(master.totalStats().counts[RequestStats.perRoute] == 2)
+        master.retire(0)  // the worker in slot 0 died: its counts stay in the total
+        #expect(master.readStats(0) == RequestStats())
+        #expect(master.totalStats().counts[RequestStats.perRoute] == 2)
+        worker.writeStats(0, s)  // its successor counts from zero
+        #expect(worker.totalStats().counts[RequestStats.perRoute] == 3)
+        master.writePool(.init(restarts: 1, recycled: 2, reloads: 3))
+        #expect(worker.readPool() == .init(restarts: 1, recycled: 2, reloads: 3))
+    }
+}

@@ -117,6 +117,15 @@ struct ExecutorTests {
         let seqs = chunks.compactMap { $0["seq"]?.int64Value }
         #expect(seqs == Array(1...Int64(seqs.count)))
         #expect(Set(chunks.compactMap { $0["stream"]?.stringValue }) == ["stdout", "stderr", "system"])
+        // The heartbeat tells /metrics what this executor did: one target, one SSH connect of 1 ms; the finished run and
+        // its bytes are counted by the database.
+        try e.heartbeat(db)
+        let metrics = Client(app).get("/metrics").text
+        #expect(metrics.contains("tsubame_executor_targets_total{executor=\"\(e.settings.id)\"} 1"), "\(metrics)")
+        #expect(metrics.contains("tsubame_ssh_connect_seconds_bucket{executor=\"\(e.settings.id)\",le=\"0.005\"} 1"))
+        #expect(metrics.contains("tsubame_executor_up{executor=\"\(e.settings.id)\"} 1"))
+        #expect(metrics.contains(#"tsubame_executions_finished_total{status="succeeded"} 1"#))
+        #expect(!metrics.contains("tsubame_log_bytes_total 0\n"))
     }
 
     @Test func theExecutorFiresADueScheduleAndRunsIt() throws {

@@ -91,10 +91,13 @@ struct WorkerTests {
                                                                 "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": String(3 << 20)])
         #expect(big.hasPrefix("Status: 413"))
         let metrics = try FCGIClient.request(socket: sock, params: ["REQUEST_METHOD": "GET", "REQUEST_URI": "/metrics"])
-        #expect(metrics.contains("tsubame_worker_requests_total"))
+        #expect(metrics.contains("tsubame_pool_workers 1") && metrics.contains("tsubame_pool_restarts_total 0"))
         usleep(250_000)
         let board = try Scoreboard(path: dir + "/board", slots: 2, create: false)
         #expect(board.read(1).served >= 3)
+        // The worker's request counters reach the scoreboard: the 401 and the 413 of the sign-in route.
+        let counted = board.totalStats().prometheus(routeNames: Routes.names)
+        #expect(counted.contains(#"tsubame_http_requests_total{route="/api/v1/auth/login",status="4xx"} 2"#), "\(counted)")
         #expect(board.read(1).pid == Int64(getpid()))
         // The fifth request reaches max_requests: the server stops by itself, as a recycled worker does.
         _ = try FCGIClient.request(socket: sock, params: ["REQUEST_METHOD": "GET", "REQUEST_URI": "/api/openapi.json"])

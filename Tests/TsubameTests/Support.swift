@@ -32,7 +32,7 @@ enum TestDB {
     static func reset(_ dbURL: String? = nil) throws -> PGConnection {
         let db = try PGConnection(dbURL ?? url!)
         try Migrator.migrate(db)
-        try db.execute("TRUNCATE users, sessions, api_tokens, login_failures, servers, jobs, job_servers, audit_log, executors, executions, execution_targets, log_chunks, execution_events RESTART IDENTITY CASCADE")
+        try db.execute("TRUNCATE users, sessions, api_tokens, login_failures, servers, jobs, job_servers, audit_log, executors, executions, execution_targets, log_chunks, execution_events, metric_counters RESTART IDENTITY CASCADE")
         return db
     }
 

@@ -7,8 +7,12 @@ safety rules (only 127.0.0.1 fleet servers ever run anything).
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -230,6 +234,83 @@ def test_cancel_a_running_job(page: Any, made: Made, api: Client, executor: Any,
     expect(page.get_by_role("button", name="Re-run", exact=True)).to_be_visible()
     assert wait_finished(api, e["id"])["status"] == "cancelled"
     shared["cancelled"] = {"job": job, "execution": e["id"]}
+
+
+class HookReceiver:
+    """A webhook receiver on 127.0.0.1 that answers 200 and keeps what it got."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[dict[str, str], bytes]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                receiver.posts.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_notifications_editor_sends_a_test_and_shows_the_log(page: Any, made: Made, api: Client, fleet_server: dict) -> None:
+    hook = HookReceiver()
+    secret = "ui-secret-" + unique("s")
+    signed = lambda body, key: "sha256=" + hmac.new(key.encode(), body, hashlib.sha256).hexdigest()  # noqa: E731
+    try:
+        job = made.job([fleet_server["id"]], "true\n", name=unique("ui-notify"))
+        goto(page, f"/jobs/{job['id']}")
+        log = page.get_by_role("region", name="Notifications")
+        expect(log.get_by_text("This job sends no notifications.")).to_be_visible()
+        page.get_by_role("button", name="Add notification").click()
+        row = page.locator(".notify-row").last
+        row.get_by_label("URL or e-mail address").fill(hook.url)
+        row.get_by_label("started", exact=True).check()
+        row.get_by_label("running longer than").check()
+        row.get_by_label("Running long: times the median duration").fill("2.5")
+        row.get_by_label("Signing secret").fill(secret)
+        # Before saving: the test goes out with the typed secret.
+        row.get_by_role("button", name="Send a test notification").click()
+        expect(row.get_by_role("status")).to_have_text(f"Test sent to {hook.url} (HTTP 200).")
+        headers, body = hook.posts[-1]
+        assert headers["x-tsubame-event"] == "test" and headers["x-tsubame-signature"] == signed(body, secret)
+
+        page.get_by_role("button", name="Save job").click()
+        row = page.locator(".notify-row").last
+        expect(row.get_by_text("set", exact=True)).to_be_visible()
+        saved = api.ok("GET", f"/api/v1/jobs/{job['id']}")["notify"]
+        assert saved == [{"on": ["started", "failed", "timed_out", "running_long"], "type": "webhook", "url": hook.url,
+                          "factor": 2.5, "secret_set": True}], saved
+        expect(page.get_by_text(secret)).to_have_count(0)
+        # Saved: the stored secret signs the test (the browser never had it back).
+        row.get_by_role("button", name="Send a test notification").click()
+        expect(row.get_by_role("status")).to_have_text(f"Test sent to {hook.url} (HTTP 200).")
+        assert len(hook.posts) == 2 and hook.posts[-1][0]["x-tsubame-signature"] == signed(hook.posts[-1][1], secret)
+
+        log.get_by_role("button", name="Refresh the notifications").click()
+        rows = log.get_by_role("row")
+        expect(rows).to_have_count(3)  # the header and the two tests
+        expect(rows.nth(1)).to_contain_text("test")
+        expect(rows.nth(1)).to_contain_text("Sent")
+        expect(rows.nth(1)).to_contain_text("HTTP 200")
+
+        # A bad receiver is explained at its row, and nothing is sent.
+        row.get_by_label("URL or e-mail address").fill("ftp://127.0.0.1/x")
+        row.get_by_role("button", name="Send a test notification").click()
+        expect(row.get_by_role("status")).to_contain_text("url: must be an http or https URL")
+        assert len(hook.posts) == 2
+    finally:
+        hook.close()
 
 
 def test_filter_the_history(page: Any) -> None:

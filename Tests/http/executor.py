@@ -111,7 +111,7 @@ class ExecutorProcess:
     """One tsubame-executor. With root it runs as `tsubame` (setpriv execs it: the pid is the executor's own)
     and gets SIGTERM should this test process die first, so none outlives the suite."""
 
-    def __init__(self, executor_id: str, pidfile: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, executor_id: str, pidfile: str, env: dict[str, str | None] | None = None) -> None:
         self.id = executor_id
         self.pidfile = pidfile
         self.env = dict(env or {})
@@ -133,7 +133,11 @@ class ExecutorProcess:
         binary = os.path.join(BIN_DIR, "tsubame-executor")
         assert os.access(binary, os.X_OK), f"{binary} is not executable (TSUBAME_TEST_BIN_DIR)"
         env = dict(os.environ)
-        env.update(self.env)
+        for name, value in self.env.items():  # None removes a variable
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
         env["TSUBAME_EXECUTOR_ID"] = self.id
         env["TSUBAME_EXECUTOR_PIDFILE"] = self.pidfile
         if PROFILE_PATTERN:
@@ -247,6 +251,13 @@ def drain_foreign_work(client: Any) -> None:
                 break  # their targets stay running until an executor stops them: checked below
         else:
             raise AssertionError(f"{status} executions keep appearing")
+    # Notifications of those runs (and of schemathesis' jobs, with invented receivers) are never sent: the executor
+    # about to start would deliver them, and nothing here may connect anywhere but 127.0.0.1.
+    psql("""
+        UPDATE notification_deliveries SET status = 'failed', next_attempt_at = now(),
+               last_error = 'dropped by the test suite before its executor started'
+        WHERE status = 'pending'
+        """)
     queued, running = psql("""
         SELECT count(*) FILTER (WHERE status = 'queued'), count(*) FILTER (WHERE status = 'running')
         FROM execution_targets

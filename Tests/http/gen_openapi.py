@@ -191,7 +191,7 @@ schemas["Server"] = {
     "description": "An SSH target. Password, private key and passphrase are write-only and never returned.",
     "required": [
         "id", "name", "host", "port", "username", "auth_method", "description", "tags",
-        "host_key", "has_password", "has_private_key", "has_passphrase", "created_at", "updated_at",
+        "host_key", "has_password", "has_private_key", "has_passphrase", "max_concurrent", "created_at", "updated_at",
     ],
     "properties": {
         "id": ID,
@@ -206,6 +206,8 @@ schemas["Server"] = {
         "has_password": {"type": "boolean"},
         "has_private_key": {"type": "boolean"},
         "has_passphrase": {"type": "boolean"},
+        "max_concurrent": {"type": "integer", "minimum": 1, "maximum": 1000,
+                           "description": "Targets that may run on this server at once, over all jobs and executors."},
         "created_at": TIME,
         "updated_at": TIME,
     },
@@ -221,6 +223,8 @@ SERVER_FIELDS = {
     "passphrase": {"type": "string", "writeOnly": True},
     "description": {"type": "string", "maxLength": 2000},
     "tags": TAGS,
+    "max_concurrent": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 4,
+                       "description": "Targets that may run on this server at once, over all jobs and executors."},
 }
 schemas["ServerCreate"] = {
     "type": "object",
@@ -280,26 +284,98 @@ schemas["ServerTestResult"] = {
     },
 }
 
+NOTIFY_ON = ["started", "succeeded", "failed", "cancelled", "timed_out", "running_long"]
+NOTIFY_ON_DOC = ("Events: `started` (the first server started), the final statuses `succeeded`, `failed`, `cancelled`, "
+                 "`timed_out`, and `running_long` (running longer than `factor` × the median duration of the job's last 20 "
+                 "succeeded runs; needs at least 3 of them; sent once per run).")
 NOTIFY = {
     "type": "object",
     "required": ["on", "type"],
+    "description": "Where to send a notification and on which events. Delivery is asynchronous (an executor sends it, "
+                   "retrying with backoff) and recorded in GET /api/v1/notifications; it never affects the run.",
     "properties": {
         "on": {
             "type": "array",
-            "items": {"type": "string"},
+            "items": {"type": "string", "enum": NOTIFY_ON},
+            "description": NOTIFY_ON_DOC,
             "examples": [["failed", "timed_out"]],
         },
-        "type": {"type": "string", "enum": ["webhook", "slack", "email"]},
-        "url": {"type": "string", "description": "For webhook and slack."},
-        "to": {"type": "string", "description": "For email."},
+        "type": {"type": "string", "enum": ["webhook", "slack", "email"],
+                 "description": "`webhook`: POST of a JSON body (signed with `X-Tsubame-Signature` when a secret is set); "
+                                "`slack`: a Slack incoming-webhook message; `email`: a plain-text mail over SMTP "
+                                "(TSUBAME_SMTP_URL)."},
+        "url": {"type": "string", "description": "For webhook and slack: an http or https URL."},
+        "to": {"type": "string", "description": "For email: the address."},
+        "factor": {"type": "number", "minimum": 1.5, "maximum": 100,
+                   "description": "For running_long: the multiple of the median duration (default 3)."},
     },
 }
-NOTIFY_ON = ["started", "succeeded", "failed", "cancelled", "timed_out", "long_running"]
 schemas["NotifyInput"] = dict(NOTIFY, additionalProperties=False, properties=dict(
-    NOTIFY["properties"], on={"type": "array", "items": {"type": "string", "enum": NOTIFY_ON},
-                              "examples": [["failed", "timed_out"]]}))
+    NOTIFY["properties"],
+    on={"type": "array", "minItems": 1, "items": {"type": "string", "enum": NOTIFY_ON + ["long_running"]},
+        "description": NOTIFY_ON_DOC + " `long_running` is the old name of `running_long` (stored as running_long).",
+        "examples": [["failed", "timed_out"]]},
+    secret={"type": "string", "writeOnly": True,
+            "description": "Webhook only, write-only: 8 to 256 characters that sign each POST "
+                           "(`X-Tsubame-Signature: sha256=<hex HMAC-SHA256(secret, body)>`). Absent: an item with the "
+                           "same type and url keeps its stored secret; `\"\"` removes it."},
+    secret_set={"type": "boolean", "readOnly": True, "description": "Read-only; ignored when sent back."}))
 schemas["Notify"] = dict(NOTIFY, properties=dict(
-    NOTIFY["properties"], url={"type": ["string", "null"]}, to={"type": ["string", "null"]}))
+    NOTIFY["properties"], url={"type": ["string", "null"]}, to={"type": ["string", "null"]},
+    secret_set={"type": "boolean", "description": "Webhook items: whether a signing secret is stored (it is never shown)."}))
+
+NOTIFY_EVENT = {"type": "string", "enum": NOTIFY_ON + ["test"]}
+DELIVERY_STATUS = {"type": "string", "enum": ["pending", "sent", "failed"]}
+schemas["NotificationDelivery"] = {
+    "type": "object",
+    "description": "One notification to one receiver and what came of it. Pending ones are sent (again) at "
+                   "`next_attempt_at`; after the last attempt (TSUBAME_NOTIFY_MAX_ATTEMPTS) a failing one is `failed`.",
+    "required": ["id", "job_id", "job_name", "execution_id", "event", "type", "destination", "status", "attempts",
+                 "next_attempt_at", "last_error", "response_code", "created_at", "sent_at"],
+    "properties": {
+        "id": ID,
+        "job_id": {"type": ["integer", "null"], "format": "int64", "minimum": 1, "description": "Null once the job was deleted."},
+        "job_name": {"type": ["string", "null"]},
+        "execution_id": {"type": ["integer", "null"], "format": "int64", "minimum": 1,
+                         "description": "Null for a test notification."},
+        "event": NOTIFY_EVENT,
+        "type": {"type": "string", "enum": ["webhook", "slack", "email"]},
+        "destination": {"type": "string",
+                        "description": "The receiver as people may see it: the e-mail address, or the URL without "
+                                       "credentials and query (and, for Slack, without its secret path)."},
+        "status": DELIVERY_STATUS,
+        "attempts": {"type": "integer", "minimum": 0},
+        "next_attempt_at": dict(TIME_OR_NULL, description="When pending: the next attempt."),
+        "last_error": {"type": ["string", "null"], "description": "Why the last attempt failed."},
+        "response_code": {"type": ["integer", "null"], "description": "The receiver's last answer: HTTP status or SMTP reply code."},
+        "created_at": TIME,
+        "sent_at": TIME_OR_NULL,
+    },
+}
+schemas["NotifyTestRequest"] = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "Optional; without `item`, every notification of the job is tested.",
+    "properties": {"item": dict(REF("NotifyInput"),
+                                description="A notification to test before saving it (its `on` is required but not used; "
+                                            "without `secret` it uses the stored secret of the job's item with the same url).")},
+}
+schemas["NotifyTestResult"] = {
+    "type": "object",
+    "required": ["results"],
+    "properties": {"results": {"type": "array", "items": {
+        "type": "object",
+        "required": ["delivery_id", "type", "destination", "ok"],
+        "properties": {
+            "delivery_id": ID,
+            "type": {"type": "string", "enum": ["webhook", "slack", "email"]},
+            "destination": {"type": "string"},
+            "ok": {"type": "boolean"},
+            "status_code": {"type": "integer", "description": "The HTTP status or SMTP reply code, when there was an answer."},
+            "error": {"type": "string", "description": "When ok is false: what went wrong."},
+        },
+    }}},
+}
 
 RUN_AFTER_CONDITION = {"type": "string", "enum": ["success", "failure", "always"], "default": "success",
                        "description": "Which outcome of a `run_after` job's run starts this job: `success` (succeeded), "
@@ -425,7 +501,9 @@ schemas["JobPatch"] = {
 WAITING_REASON = {
     "type": "string",
     "description": "Present only while queued (on an execution: while any of its targets is): why it has not "
-                   "started (no executor alive, the job's max_parallel reached, retry backoff, waiting to be claimed).",
+                   "started: no executor alive, retry backoff, dependency pending (a job it runs after is "
+                   "unfinished), job concurrency (concurrency `queue` behind an older run, or max_parallel "
+                   "reached), server busy (its max_concurrent reached), or waiting to be claimed.",
     "examples": ["no executor alive: start tsubame-executor"],
 }
 schemas["ExecutionTarget"] = {
@@ -603,6 +681,7 @@ schemas["ServerList"] = list_schema("Server")
 schemas["JobList"] = list_schema("Job")
 schemas["ExecutionList"] = list_schema("Execution")
 schemas["AuditList"] = list_schema("AuditEntry")
+schemas["NotificationDeliveryList"] = list_schema("NotificationDelivery")
 
 # ---- responses -------------------------------------------------------------
 
@@ -837,11 +916,24 @@ paths["/api/v1/jobs/{id}/run"] = {
     "parameters": [ID_PARAM],
     "post": op("runJob", "Run a job now (operator, admin)", "jobs",
                dict({"202": execution_created("Queued: the new execution (status `queued`).")},
-                    **errs(*WRITE_ERRS, "404")),
+                    **errs(*WRITE_ERRS, "404", "409")),
                security=WRITE_SEC, request=body("RunRequest", required=False),
                desc="Creates an execution with one target per server of the job, in the job's server "
                     "order. `trigger` is `manual` for a session, `api` for a Bearer token. The body is "
-                    "optional; `env` overrides the job's env for this execution."),
+                    "optional; `env` overrides the job's env for this execution. 409 when the job's "
+                    "`concurrency` is `skip` and it has an unfinished execution."),
+}
+
+paths["/api/v1/jobs/{id}/notify-test"] = {
+    "parameters": [ID_PARAM],
+    "post": op("testJobNotifications", "Send a test notification now (operator, admin)", "jobs",
+               dict({"200": json_ok("What came of each send (also when it failed: see `ok` and `error`).",
+                                    REF("NotifyTestResult"))},
+                    **errs(*WRITE_ERRS, "404", "409")),
+               security=WRITE_SEC, request=body("NotifyTestRequest", required=False),
+               desc="Sends a notification with `event: test` to `item`, or to each notification of the job, at once "
+                    "(10 s at most each) and records it in the delivery log. 409 when the job has none and no `item` "
+                    "was sent."),
 }
 
 EXECUTION_FILTERS = [
@@ -943,6 +1035,20 @@ paths["/api/v1/events"] = {
                    "`after` = `next` never misses nor repeats one."),
 }
 
+paths["/api/v1/notifications"] = {
+    "get": op("listNotifications", "The notification delivery log, newest first", "executions",
+              dict({"200": json_ok("A page of deliveries, newest first.", REF("NotificationDeliveryList"))},
+                   **errs("400", "401", "503")),
+              params=[
+                  {"name": "job_id", "in": "query", "required": False, "schema": ID},
+                  {"name": "execution_id", "in": "query", "required": False, "schema": ID},
+                  {"name": "status", "in": "query", "required": False, "schema": DELIVERY_STATUS},
+                  {"name": "event", "in": "query", "required": False, "schema": NOTIFY_EVENT},
+                  {"name": "type", "in": "query", "required": False,
+                   "schema": {"type": "string", "enum": ["webhook", "slack", "email"]}},
+              ] + LIST_PARAMS,
+              desc="400 when job_id or execution_id is not a positive integer or status, event or type is not a known one."),
+}
 paths["/api/v1/audit"] = {
     "get": op("listAudit", "The audit log, newest first (admin)", "operations",
               dict({"200": json_ok("A page of audit entries.", REF("AuditList"))},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
@@ -54,12 +55,12 @@ def test_openapi_lists_the_milestone_operations() -> None:
         ("/api/v1/servers/{id}/test", "post"),
         ("/api/v1/jobs", "get"), ("/api/v1/jobs", "post"),
         ("/api/v1/jobs/{id}", "get"), ("/api/v1/jobs/{id}", "patch"), ("/api/v1/jobs/{id}", "delete"),
-        ("/api/v1/jobs/{id}/run", "post"),
+        ("/api/v1/jobs/{id}/run", "post"), ("/api/v1/jobs/{id}/notify-test", "post"),
         ("/api/v1/executions", "get"), ("/api/v1/executions/{id}", "get"),
         ("/api/v1/executions/{id}/cancel", "post"), ("/api/v1/executions/{id}/rerun", "post"),
         ("/api/v1/executions/{id}/log", "get"), ("/api/v1/executions/{id}/log.txt", "get"),
         ("/api/v1/events", "get"), ("/api/v1/stats", "get"), ("/api/v1/schedule/preview", "get"),
-        ("/api/v1/audit", "get"),
+        ("/api/v1/audit", "get"), ("/api/v1/notifications", "get"),
     }
     assert ops == expected
     op_ids = {o["operationId"] for item in doc["paths"].values() for m, o in item.items() if m in HTTP_METHODS}
@@ -109,8 +110,41 @@ def test_metrics_from_loopback(anon: Client) -> None:
     r = anon.get("/metrics")
     assert r.status_code == 200, r.text[:300]
     assert r.headers["Content-Type"].startswith("text/plain")
-    sample = re.compile(r"^[A-Za-z_:][A-Za-z0-9_:]*(\{[^}]*\})? [-+0-9.eEInfNa]+( \d+)?$")
+    label = r'[A-Za-z_][A-Za-z0-9_]*="(?:[^"\\\n]|\\.)*"'
+    sample = re.compile(rf"^[A-Za-z_:][A-Za-z0-9_:]*(\{{{label}(,{label})*\}})? [-+0-9.eEInfNa]+( \d+)?$")
     lines = [ln for ln in r.text.splitlines() if ln and not ln.startswith("#")]
     assert lines, "no samples in /metrics"
     bad = [ln for ln in lines if not sample.match(ln)]
     assert not bad, f"lines not in the Prometheus text format: {bad[:5]}"
+    # The pool's figures (any worker answers for all of them) and the database's.
+    for name in ("tsubame_pool_workers", "tsubame_pool_restarts_total", "tsubame_longpoll_waiters", "tsubame_queue_targets",
+                 "tsubame_queue_oldest_seconds", "tsubame_executions_finished_total", "tsubame_log_bytes_total"):
+        assert re.search(rf"^{name}(\{{[^}}]*\}})? \d", r.text, re.M), f"{name} missing"
+    assert re.search(r"^tsubame_pool_workers [1-9]", r.text, re.M)
+    assert "tsubame_database_up 1" in r.text
+
+
+def test_metrics_count_requests_by_route_and_status(anon: Client) -> None:
+    """Requests are counted by route pattern and status class, with a latency histogram, over the whole pool."""
+    def count(text: str, route: str, status: str) -> int:
+        m = re.search(rf'^tsubame_http_requests_total{{route="{re.escape(route)}",status="{status}"}} (\d+)$', text, re.M)
+        return int(m.group(1)) if m else 0
+    time.sleep(0.3)  # earlier requests' counts are in
+    before = anon.get("/metrics").text
+    for _ in range(5):
+        assert anon.get("/api/v1/jobs/123").status_code == 401
+    time.sleep(0.5)  # workers copy their counters to the scoreboard every 100 ms
+    after = anon.get("/metrics").text
+    assert count(after, "/api/v1/jobs/{id}", "4xx") - count(before, "/api/v1/jobs/{id}", "4xx") == 5
+    assert re.search(r'^tsubame_http_request_duration_seconds_bucket\{route="/api/v1/jobs/\{id\}",le="\+Inf"\} \d+$', after, re.M)
+    assert re.search(r'^tsubame_http_request_duration_seconds_count\{route="/api/v1/jobs/\{id\}"\} \d+$', after, re.M)
+
+
+def test_pool_status_from_loopback(anon: Client) -> None:
+    """The pool master's status (workers, requests, restarts), asked by a worker over the control socket."""
+    r = anon.get("/pool-status")
+    assert r.status_code == 200, r.text[:300]
+    assert r.headers["Content-Type"].startswith("application/json")
+    status = r.json()
+    assert status["workers"] and all(w["pid"] > 0 for w in status["workers"]), status
+    assert {"restarts", "recycled", "reloads"} <= set(status)

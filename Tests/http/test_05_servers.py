@@ -14,7 +14,7 @@ from helpers import MISSING, Client, assert_problem, error_fields, job_body, par
 
 SERVER_FIELDS = {
     "id", "name", "host", "port", "username", "auth_method", "description", "tags", "host_key",
-    "has_password", "has_private_key", "has_passphrase", "created_at", "updated_at",
+    "has_password", "has_private_key", "has_passphrase", "max_concurrent", "created_at", "updated_at",
 }
 SECRET_KEYS = {"password", "private_key", "passphrase"}
 

@@ -244,6 +244,10 @@ def field_cases() -> Iterator[Case]:
     yield srv("port-0", "port", port=0)
     yield srv("port-65536", "port", port=65536)
     yield srv("port-negative", "port", port=-1)
+    yield srv("max_concurrent-0", "max_concurrent", max_concurrent=0)
+    yield srv("max_concurrent-1001", "max_concurrent", max_concurrent=1001)
+    yield srv("max_concurrent-string", "max_concurrent", max_concurrent="4")
+    yield srv("max_concurrent-null", "max_concurrent", max_concurrent=None)
     yield srv("port-2^70", None, frozenset({400, 422}), port=BIG_INT)
     yield Case("servers.post:port-1e400", "POST", S, with_raw_value(srv_post, "port", b"1e400"),
                frozenset({400, 422}))

@@ -105,7 +105,7 @@ class Waiter(threading.Thread):
 def parked_count(base_url: str) -> int:
     """Long-polls parked in all workers right now (from /metrics, loopback only)."""
     text = requests.get(base_url + "/metrics", timeout=10).text
-    return sum(int(v) for v in re.findall(r"^tsubame_longpoll_waiters\{[^}]*\} (\d+)$", text, re.M))
+    return sum(int(v) for v in re.findall(r"^tsubame_longpoll_waiters(?:\{[^}]*\})? (\d+)$", text, re.M))
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> None:

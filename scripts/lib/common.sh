@@ -15,7 +15,7 @@ TSUBAME_PG_BIN="/usr/lib/postgresql/15/bin"
 TSUBAME_SWIFT_BIN="/opt/swift/usr/bin"
 TSUBAME_RUN_USER="tsubame"
 TSUBAME_PACKAGES=(
-    libfcgi-dev libpq-dev libssh2-1-dev libssl-dev pkg-config
+    libfcgi-dev libpq-dev libssh2-1-dev libssl-dev libcurl4-openssl-dev pkg-config
     postgresql nginx spawn-fcgi wrk
     openssh-server openssh-client curl ca-certificates python3-pip
 )

@@ -602,7 +602,9 @@ def step_setup():
     for i, port in enumerate(PORTS):
         _, s = a.call("POST", "/api/v1/servers", {
             "name": f"fleet-{i:03d}", "host": "127.0.0.1", "port": port, "username": USER,
-            "auth_method": "key", "private_key": key, "description": f"loopback sshd on {port}"})
+            "auth_method": "key", "private_key": key, "description": f"loopback sshd on {port}",
+            # The 500-target figure runs 5 targets per server at once; the default limit is 4.
+            "max_concurrent": 8})
         servers.append(s["id"])
 
     def job(name, script, ids, parallel=None):

@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 // One execution: status, per-server targets (exit codes, durations), the
-// live log, Cancel, Re-run and Re-run failed servers only.
+// live log, Cancel, Re-run and Re-run failed servers only, and the
+// notifications it caused.
 
 import { get, post } from "../api.js";
 import { h, replace } from "../dom.js";
 import { elapsedMs, fmtDuration, fmtTime, FINISHED, statusLabel } from "../format.js";
 import { LogView, tailRequest } from "../log-view.js";
 import { badge, busy, confirmDialog, pageHead, toast, toastError } from "../ui.js";
+import { deliveryLog } from "./notify.js";
 
 export async function render({ main, params, signal, can, go }) {
   const id = Number(params[0]);
@@ -19,12 +21,19 @@ export async function render({ main, params, signal, can, go }) {
   const head = h("div");
   const facts = h("section", { class: "card", "aria-labelledby": "exe-targets" });
   const announce = h("p", { class: "sr-only", role: "status", "aria-live": "polite" });
+  const notifications = deliveryLog({ execution_id: id }, signal, { showExecution: false,
+    emptyText: "No notifications for this execution: its job has none for what happened so far." });
+  let notifyTimer = null;
   const log = new LogView({
     executionId: id, targets: e.targets, signal,
     onStatus: (status) => {
       if (status !== e.status) {
         announce.textContent = `Execution ${statusLabel(status).toLowerCase()}.`;
         refresh();
+        // A status change may have queued notifications; they are usually sent within a second or two.
+        notifications.reload();
+        clearTimeout(notifyTimer);
+        notifyTimer = setTimeout(() => notifications.reload(), 3000);
       }
     },
     onSystem: () => refresh(),
@@ -33,7 +42,8 @@ export async function render({ main, params, signal, can, go }) {
     h("div", { class: "crumbs" }, h("a", { href: "#/executions", text: "Executions" }), " / "),
     head, announce, facts,
     h("section", { class: "card", "aria-labelledby": "exe-log" },
-      h("h2", { id: "exe-log", text: "Output" }), log.node));
+      h("h2", { id: "exe-log", text: "Output" }), log.node),
+    notifications.node);
 
   const draw = () => {
     replace(head, header(e, can, go, () => refresh()));
@@ -67,6 +77,7 @@ export async function render({ main, params, signal, can, go }) {
   return () => {
     clearInterval(ticker);
     clearTimeout(timer);
+    clearTimeout(notifyTimer);
   };
 }
 
@@ -117,7 +128,9 @@ function header(e, can, go, refresh) {
     e.job_id ? [" · ", h("a", { href: `#/jobs/${e.job_id}`, text: "job" })] : "");
   head.firstElementChild.appendChild(sub);
   const notes = [];
-  if (e.waiting_reason && e.status === "queued") notes.push(h("p", { class: "notice warn", text: `Waiting: ${e.waiting_reason}` }));
+  if (e.waiting_reason) {
+    notes.push(h("p", { class: "notice warn", text: `${e.status === "queued" ? "Waiting" : "Some servers are waiting"}: ${e.waiting_reason}` }));
+  }
   if (e.output_truncated) notes.push(h("p", { class: "notice warn", text: "The output reached the storage cap; the rest was dropped while the job ran on." }));
   return [head, ...notes];
 }

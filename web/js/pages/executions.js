@@ -72,7 +72,7 @@ function row(e) {
     h("td", null, h("a", { href: `#/executions/${e.id}`, text: `#${e.id}`, "aria-label": `Execution ${e.id} of ${e.job_name}` })),
     h("td", { class: "name-cell" }, e.job_id ? h("a", { href: `#/jobs/${e.job_id}`, text: e.job_name }) : h("span", { text: e.job_name }),
       h("div", { class: "sub", text: `${e.targets.length} server${e.targets.length === 1 ? "" : "s"}` })),
-    h("td", null, badge(e.status)),
+    h("td", null, badge(e.status), e.waiting_reason ? h("div", { class: "sub waiting", text: e.waiting_reason }) : null),
     h("td", { class: "hide-sm" }, e.trigger, e.triggered_by ? h("div", { class: "sub", text: e.triggered_by.username }) : null),
     h("td", { title: fmtTime(e.started_at || e.created_at), text: fmtAgo(e.started_at || e.created_at) }),
     h("td", { class: "num", text: fmtDuration(e.duration_ms) }),

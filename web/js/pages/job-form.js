@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // A job: the editor (operator) or its details (viewer), its recent runs,
 // Run, Delete. The editor has the script, servers by tag, env and secret
-// env, limits, the schedule with its next 5 runs, notifications.
+// env, limits, the schedule with its next 5 runs, notifications (and the
+// log of their deliveries).
 
 import { ApiError, del, get, patch, post } from "../api.js";
 import { h, replace } from "../dom.js";
@@ -11,10 +12,9 @@ import {
   splitTags, tagList, toast, toastError,
 } from "../ui.js";
 import { envEditor, secretEditor } from "./env-editor.js";
+import { deliveryLog, describeNotify, notifyEditor } from "./notify.js";
 import { runButton } from "./run-dialog.js";
 
-const NOTIFY_EVENTS = [["started", "started"], ["succeeded", "succeeded"], ["failed", "failed"], ["cancelled", "cancelled"],
-  ["timed_out", "timed out"], ["long_running", "long running"]];
 const PRESETS = [["", "Presets…"], ["*/5 * * * *", "Every 5 minutes"], ["@hourly", "Every hour"],
   ["0 2 * * *", "Every day at 02:00"], ["0 6 * * 1-5", "Weekdays at 06:00"], ["0 3 * * 0", "Sundays at 03:00"],
   ["@monthly", "First day of the month"]];
@@ -29,8 +29,12 @@ export async function render({ main, params, signal, can, go, reload }) {
   document.title = `${job ? job.name : "New job"} · tsubame-ci`;
   const crumbs = h("div", { class: "crumbs" }, h("a", { href: "#/jobs", text: "Jobs" }), " / ");
   const runs = job ? recentRuns(job, signal) : null;
+  const deliveries = job ? deliveryLog({ job_id: job.id }, signal, {
+    emptyText: job.notify.length ? "No notifications sent yet: they are sent when a run starts, ends or runs long."
+      : "This job sends no notifications.",
+  }).node : null;
   if (!can("operator")) {
-    main.append(crumbs, pageHead(job.name, job.description || null), details(job, servers), runs);
+    main.append(crumbs, pageHead(job.name, job.description || null), details(job, servers), runs, deliveries);
     return;
   }
   if (!servers.length && !job) {
@@ -44,7 +48,7 @@ export async function render({ main, params, signal, can, go, reload }) {
   main.append(crumbs,
     pageHead(job ? job.name : "New job", job ? `Job #${job.id}` : "A shell script to run on your servers.",
       job ? runButton(job, go) : null, job ? deleteButton(job, go) : null),
-    editor.form, runs);
+    editor.form, runs, deliveries);
   editor.form.elements.name.focus({ preventScroll: true });
   return editor.cleanup;
 }
@@ -89,6 +93,7 @@ function details(job, servers) {
       h("dt", { text: "Environment" }), h("dd", { class: "mono", text: Object.keys(job.env).join(", ") || "—" }),
       h("dt", { text: "Secrets" }), h("dd", { class: "mono", text: job.secret_env_names.join(", ") || "—" }),
       h("dt", { text: "Tags" }), h("dd", null, tagList(job.tags)),
+      h("dt", { text: "Notifications" }), h("dd", { text: job.notify.map(describeNotify).join(" · ") || "—" }),
       h("dt", { text: "Enabled" }), h("dd", { text: job.enabled ? "yes" : "no" })),
     h("h2", { text: "Script" }), h("pre", { class: "log-scroll mono", text: job.script }));
 }
@@ -117,7 +122,7 @@ function jobForm(job, servers, otherJobs, go, reload) {
   const secrets = secretEditor(job?.secret_env_names || []);
   const picker = serverPicker(servers, new Set(job?.server_ids || []));
   const schedule = scheduleEditor(job);
-  const notify = notifyEditor(job?.notify || []);
+  const notify = notifyEditor(job?.notify || [], job?.id ?? null);
   const runAfter = h("select", { name: "run_after", multiple: true, size: Math.min(6, Math.max(3, otherJobs.length)) },
     otherJobs.map((j) => h("option", { value: j.id, text: j.name, selected: (job?.run_after || []).includes(j.id) })));
 
@@ -281,41 +286,5 @@ function scheduleEditor(job) {
     node,
     value: () => ({ schedule: expr.value.trim() || null, timezone: tz.value.trim() || "UTC", misfire: misfire.value }),
     cleanup: () => clearTimeout(timer),
-  };
-}
-
-/** Notification targets: type, URL or address, and on which outcomes. */
-function notifyEditor(initial) {
-  const rows = h("div", { class: "form" });
-  const addRow = (n = { type: "webhook", on: ["failed", "timed_out"] }) => {
-    const type = select("notify_type", [["webhook", "Webhook"], ["slack", "Slack"], ["email", "E-mail"]], n.type, { "aria-label": "Notification type" });
-    const target = h("input", { type: "text", value: n.url || n.to || "", "aria-label": "URL or e-mail address", spellcheck: "false" });
-    const setPlaceholder = () => { target.placeholder = type.value === "email" ? "ops@example.com" : "https://hooks.example.com/…"; };
-    type.addEventListener("change", setPlaceholder);
-    setPlaceholder();
-    const events = h("div", { class: "events", role: "group", "aria-label": "Notify on" },
-      NOTIFY_EVENTS.map(([v, label]) => checkbox("notify_on", label, (n.on || []).includes(v), { value: v })));
-    const row = h("div", { class: "notify-row" }, type, target,
-      h("button", { type: "button", class: "small", text: "Remove", "aria-label": "Remove this notification", on: { click: () => row.remove() } }),
-      events);
-    rows.appendChild(row);
-    return type;
-  };
-  for (const n of initial) addRow(n);
-  return {
-    node: h("fieldset", { "data-field": "notify" }, h("legend", { text: "Notify" }), rows,
-      h("div", null, h("button", { type: "button", class: "small", text: "Add notification", on: { click: () => addRow().focus() } }))),
-    value() {
-      return [...rows.children].map((row, i) => {
-        const type = row.querySelector("select");
-        const target = row.querySelector('input[type="text"]');
-        const events = row.querySelector(".events");
-        type.dataset.field = `notify[${i}].type`;
-        target.dataset.field = `notify[${i}].${type.value === "email" ? "to" : "url"}`;
-        events.dataset.field = `notify[${i}].on`;
-        const on = [...row.querySelectorAll('input[type="checkbox"]:checked')].map((c) => c.value);
-        return type.value === "email" ? { type: type.value, on, to: target.value.trim() } : { type: type.value, on, url: target.value.trim() };
-      });
-    },
   };
 }

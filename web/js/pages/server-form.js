@@ -36,6 +36,7 @@ function details(srv, can) {
       h("dl", { class: "facts" },
         h("dt", { text: "Address" }), h("dd", { class: "mono", text: `${srv.username}@${srv.host}:${srv.port}` }),
         h("dt", { text: "Authentication" }), h("dd", { text: srv.auth_method }),
+        h("dt", { text: "Runs at once" }), h("dd", { text: `at most ${srv.max_concurrent} target${srv.max_concurrent === 1 ? "" : "s"}, over all jobs` }),
         h("dt", { text: "Tags" }), h("dd", null, tagList(srv.tags)),
         h("dt", { text: "Host key" }), h("dd", { class: "fingerprint", text: srv.host_key ? `${srv.host_key.algorithm} ${srv.host_key.fingerprint_sha256}` : "not pinned yet" })),
       can("operator") ? h("div", { class: "form-actions" }, testButton(srv, out, { canTrust: false })) : null, out));
@@ -81,6 +82,8 @@ function serverForm(srv, go) {
     h("fieldset", { "data-field": "auth_method" }, h("legend", { text: "Authentication" }),
       h("div", { class: "inline", role: "radiogroup", "aria-labelledby": authName }, radio("password", "With a password"), radio("key", "With a private key")),
       passwordBox, keyBox),
+    field("Runs at once", input("max_concurrent", srv?.max_concurrent ?? 4, { type: "number", min: 1, max: 1000, required: true }),
+      "Targets that may run on this server at the same time, over all jobs; more wait (“server busy”)."),
     field("Description", h("textarea", { name: "description", rows: 2, maxlength: 2000, value: srv?.description || "" })),
     field("Tags", input("tags", (srv?.tags || []).join(", "), { spellcheck: "false" }), "Separated by commas or spaces, e.g. prod, web."),
     h("div", { class: "form-actions" },
@@ -124,6 +127,8 @@ function collect(form, srv) {
     tags: splitTags(f.tags.value),
   };
   if (!f.port.value || !Number.isInteger(body.port)) body.port = f.port.value; // the API explains
+  body.max_concurrent = Number(f.max_concurrent.value);
+  if (!f.max_concurrent.value || !Number.isInteger(body.max_concurrent)) body.max_concurrent = f.max_concurrent.value;
   if (body.auth_method === "password") {
     if (f.password.value || !srv) body.password = f.password.value;
   } else {
