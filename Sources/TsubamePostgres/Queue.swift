@@ -60,11 +60,13 @@ public enum Queue {
     /// Creates one execution per item (`jobIDs[i]` for the slot `slots[i]`, nil for none), each with one target per
     /// server of its job (only those in `onlyServers` when given), in one statement, then NOTIFYs executors once.
     /// The execution snapshots its job (name, script, env with `envOverrides` on top, sealed secrets, timeout,
-    /// max_parallel, retries) while holding a share lock on it. An item whose job no longer exists, or whose
-    /// (job, slot) already has an execution (another scheduler was first), makes none. Returns the ids made, in item order.
+    /// max_parallel, retries) while holding a share lock on it (`jobsLocked`: the caller's transaction already holds
+    /// them, as the scheduler's FOR UPDATE does; locking 10,000 rows again costs ~20 ms). An item whose job no longer
+    /// exists, or whose (job, slot) already has an execution (another scheduler was first), makes none. Returns the ids
+    /// made, in item order.
     public static func enqueueMany(_ db: PGConnection, jobIDs: [Int64], slots: [Date?], trigger: String, userID: Int64? = nil,
                                    username: String? = nil, envOverrides: JSON? = nil, parentID: Int64? = nil,
-                                   onlyServers: [Int64]? = nil) throws -> [Int64] {
+                                   onlyServers: [Int64]? = nil, jobsLocked: Bool = false) throws -> [Int64] {
         precondition(jobIDs.count == slots.count, "one slot (or nil) per job")
         guard !jobIDs.isEmpty else { return [] }
         return try db.transaction { () throws -> [Int64] in
@@ -73,7 +75,7 @@ public enum Queue {
                     SELECT job_id, slot, n FROM unnest($1::bigint[], $2::timestamptz[]) WITH ORDINALITY AS i(job_id, slot, n)
                 ), job AS (
                     SELECT id, name, script, env, secret_env, secret_key_id, timeout_seconds, max_parallel, retries FROM jobs
-                    WHERE id IN (SELECT job_id FROM item) FOR SHARE
+                    WHERE id IN (SELECT job_id FROM item) \(jobsLocked ? "" : "FOR SHARE")
                 ), made AS (
                     INSERT INTO executions (job_id, job_name, trigger, triggered_by, triggered_by_name, parent_id, script, env, secret_env,
                                             secret_key_id, timeout_seconds, max_parallel, retries, schedule_slot)

@@ -173,7 +173,7 @@ public enum Scheduler {
                     never.append(job.id)
                 }
             }
-            tick.created = try Queue.enqueueMany(db, jobIDs: fireJobs, slots: fireSlots, trigger: "schedule")
+            tick.created = try Queue.enqueueMany(db, jobIDs: fireJobs, slots: fireSlots, trigger: "schedule", jobsLocked: true)
             if !nextJobs.isEmpty {
                 try db.query("""
                     UPDATE jobs j SET next_run_at = n.at FROM unnest($1::bigint[], $2::timestamptz[]) AS n(id, at) WHERE j.id = n.id
