@@ -19,7 +19,9 @@ measure   With the executors already started (BENCH_EXECUTOR_PIDS): waits
           it (track_commit_timestamp: the moment executors can see it) minus
           its slot, and created_at minus its slot. CPU (utime+stime from
           /proc) of each executor and of PostgreSQL (the postmaster and its
-          backends, also those that ended) over [S1 - 2 s, S1 - 2 s + 60 M).
+          backends, also those that ended) and of the API pool (master and
+          workers, whose LISTEN connections get every execution.created
+          event) over [S1 - 2 s, S1 - 2 s + 60 M).
           Checks that every job has exactly one execution per slot, each with
           one target. Then stops the executors and, with BENCH_CRON=1, lets
           busybox crond (BENCH_CROND) fire BENCH_JOBS crontab lines at the
@@ -190,6 +192,7 @@ def measure():
     pidfiles = ENV["BENCH_EXECUTOR_PIDFILES"].split(",")
     executors = {os.path.basename(p).removesuffix(".pid"): read_pid(p) for p in pidfiles}
     pg_pid = read_pid(ENV["BENCH_PG_PIDFILE"])
+    pool_pid = read_pid(ENV["BENCH_POOL_PIDFILE"])
 
     # Every job gets its first slot from the executors' first tick (nothing from the past fires).
     deadline = time.time() + 60
@@ -214,7 +217,7 @@ def measure():
         f"(CPU from {time.strftime('%H:%M:%S', time.gmtime(start))} for {MINUTES} min)")
 
     sleep_until(start)
-    m0, e0, p0 = machine_cpu(), {k: proc_cpu(p) for k, p in executors.items()}, group_cpu(pg_pid)
+    m0, e0, p0, w0 = machine_cpu(), {k: proc_cpu(p) for k, p in executors.items()}, group_cpu(pg_pid), group_cpu(pool_pid)
     # busybox crond is started before the window ends (it sleeps until the next minute): it fires S(M+1).
     cron = ENV.get("BENCH_CRON", "0") == "1"
     crond = None
@@ -222,7 +225,7 @@ def measure():
         sleep_until(end - 5)
         crond = start_crond(work)
     sleep_until(end)
-    m1, e1, p1 = machine_cpu(), {k: proc_cpu(p) for k, p in executors.items()}, group_cpu(pg_pid)
+    m1, e1, p1, w1 = machine_cpu(), {k: proc_cpu(p) for k, p in executors.items()}, group_cpu(pg_pid), group_cpu(pool_pid)
     for k, p in executors.items():
         stop(p, k)
     for k in executors:
@@ -230,6 +233,8 @@ def measure():
             ERRORS.append(f"{k} was not running through the measurement")
     exec_cpu = {k: round((e1[k] or 0) - (e0[k] or 0), 3) for k in executors}
     pg_cpu = p1 - p0
+    # The API's workers get every execution.created event (their LISTEN connection), 10,000 a minute here.
+    pool_cpu = w1 - w0
     wall = m1[0] - m0[0]
     busy = wall - (m1[1] - m0[1])
 
@@ -287,9 +292,10 @@ def measure():
                      for s, v in sorted(per_slot.items())},
         "executor_cpu_s": exec_cpu, "cpu_s_per_min": round(sum(exec_cpu.values()) / MINUTES, 3),
         "pg_cpu_s_per_min": round(pg_cpu / MINUTES, 3),
+        "pool_cpu_s_per_min": round(pool_cpu / MINUTES, 3),
         # Of all cores over the window (2.0 = both cores of a 2-core machine busy).
         "machine_busy_cores": round(busy / max(wall, 1e-9) * os.cpu_count(), 2),
-        "other_cpu_s_per_min": round(max(busy - sum(exec_cpu.values()) - pg_cpu, 0) / MINUTES, 3),
+        "other_cpu_s_per_min": round(max(busy - sum(exec_cpu.values()) - pg_cpu - pool_cpu, 0) / MINUTES, 3),
         "ticks_fired": {k: len(v) for k, v in ticks.items()},
         "largest_tick": max((n for v in ticks.values() for n, _ in v), default=0),
         # How long the ticks that fired took, in the executor (from its log; older builds do not say).
