@@ -130,7 +130,7 @@ public final class Executor: @unchecked Sendable {
 
     func controlLoop() {
         var db: PGConnection? = nil
-        var lastHeartbeat = Date.distantPast, lastReap = Date.distantPast, lastClaim = Date.distantPast, lastTick = Date.distantPast
+        var lastHeartbeat = Date.distantPast, lastReap = Date.distantPast, lastClaim = Date.distantPast, nextTick = Date.distantPast
         var nextSweep = Date()
         var wake = true
         while !isStopping {
@@ -145,6 +145,22 @@ public final class Executor: @unchecked Sendable {
                     wake = true  // notifications may have been missed while disconnected
                 }
                 let conn = db!
+                if Date() >= nextTick {
+                    // Scheduled jobs first (a slot is a deadline): whichever executor gets the lock fires what is due
+                    // (its NOTIFY wakes the others).
+                    let started = Date()
+                    let tick = try Scheduler.tick(conn, now: started)
+                    let now = Date()
+                    if !tick.created.isEmpty || tick.skipped > 0 {
+                        Log.info("scheduled runs queued", [("executions", .int(tick.created.count)), ("skipped", .int(tick.skipped)),
+                                                           ("tick_ms", .int(Int(now.timeIntervalSince(started) * 1000)))])
+                        wake = wake || !tick.created.isEmpty
+                    }
+                    // Again at once when the tick stopped at its limit; else after the tick interval, or at the next slot
+                    // when that comes first (a slot is then queued within milliseconds, not up to an interval late).
+                    nextTick = tick.more ? now : now.addingTimeInterval(settings.scheduleTickSeconds)
+                    if !tick.more, let due = tick.nextDue, due > now, due < nextTick { nextTick = due }
+                }
                 if Date().timeIntervalSince(lastHeartbeat) >= settings.heartbeatSeconds {
                     try heartbeat(conn)
                     lastHeartbeat = Date()
@@ -154,15 +170,6 @@ public final class Executor: @unchecked Sendable {
                     if n > 0 { Log.warn("reaped targets of a lost executor", [("count", .int(n))]) }
                     try Events.prune(conn)
                     lastReap = Date()
-                }
-                if Date().timeIntervalSince(lastTick) >= settings.scheduleTickSeconds {
-                    // Scheduled jobs: whichever executor gets the lock fires what is due (its NOTIFY wakes the others).
-                    let tick = try Scheduler.tick(conn, now: Date())
-                    if !tick.created.isEmpty {
-                        Log.info("scheduled runs queued", [("executions", .int(tick.created.count)), ("skipped", .int(tick.skipped))])
-                        wake = true
-                    }
-                    lastTick = Date()
                 }
                 if Date() >= nextSweep {
                     // Old history, in batches for at most 200 ms (the loop also heartbeats); again at once while more is left.
@@ -181,7 +188,8 @@ public final class Executor: @unchecked Sendable {
                 if wake { try claim(conn); wake = false; lastClaim = Date() }
                 // Jittered poll: a missed NOTIFY costs at most one interval.
                 let jitter = settings.pollSeconds * Double.random(in: 0.8...1.2)
-                let timeout = min(jitter, settings.heartbeatSeconds, max(0.01, settings.scheduleTickSeconds - Date().timeIntervalSince(lastTick)))
+                // (+2 ms: poll counts whole milliseconds, and waking before the slot would find nothing due.)
+                let timeout = min(jitter, settings.heartbeatSeconds, max(0.001, nextTick.timeIntervalSinceNow + 0.002))
                 for (channel, payload) in try conn.notifications(timeout: timeout) {
                     if channel == Queue.cancelChannel, let execution = Int64(payload) { cancelExecution(execution) } else { wake = true }
                 }

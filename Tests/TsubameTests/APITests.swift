@@ -497,8 +497,12 @@ struct APITests {
 
     @Test func databaseRestartIsSurvived() throws {
         #expect(admin.get("/api/v1/servers").status == 200)
-        // Terminate this app's connections, as a PostgreSQL restart would.
-        try db.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND application_name = 'tsubame_apitest'")
+        // Terminate this app's connections, as a PostgreSQL restart would (only in this suite's database: the other suites,
+        // running meanwhile in their own databases, use the same application_name).
+        try db.query("""
+            SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+            WHERE pid <> pg_backend_pid() AND application_name = 'tsubame_apitest' AND datname = current_database()
+            """)
         usleep(50_000)
         #expect(admin.get("/api/v1/servers").status == 200)
         #expect(admin.post("/api/v1/tokens", #"{"name":"after-restart"}"#).status == 201)

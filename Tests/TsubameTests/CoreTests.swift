@@ -115,6 +115,42 @@ import Testing
         #expect(gap[1] == date("2026-03-30T00:30:00Z"))
     }
 
+    /// nextRuns skips the times of `after`'s day well before it (CronSchedule.sameDayMarginMinutes); it must give what
+    /// trying every time of the day gives, around every offset change of the year, in zones with 1 h, 2 h and 30 min
+    /// shifts, a change at midnight and one of a whole day.
+    @Test func theSameDayShortcutChangesNoAnswer() throws {
+        let zones = ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Antarctica/Troll", "America/Santiago",
+                     "Asia/Kolkata", "Pacific/Apia", "America/Havana"]
+        let expressions = ["* * * * *", "30 2 * * *", "0 * * * *", "*/7 1-4 * * *", "59 23 * * *", "0 0 * * *", "15,45 0-3 * * 0"]
+        var checked = 0
+        for name in zones {
+            let tz = try #require(TimeZone(identifier: name))
+            // Around each offset change in 2026 (and 2011 for Apia, which skipped 30 December that year).
+            var changes: [Date] = []
+            for start in [date("2026-01-01T00:00:00Z"), date("2011-12-01T00:00:00Z")] {
+                var t = start
+                while let c = tz.nextDaylightSavingTimeTransition(after: t), c < start.addingTimeInterval(366 * 86400) {
+                    changes.append(c)
+                    t = c
+                }
+            }
+            if changes.isEmpty { changes = [date("2026-06-01T00:00:00Z")] }
+            for change in changes {
+                for step in stride(from: -30 * 3600.0, through: 30 * 3600.0, by: 53 * 60.0) {
+                    let after = change.addingTimeInterval(step)
+                    for e in expressions {
+                        let c = try CronSchedule(parsing: e)
+                        let fast = c.nextRuns(after: after, count: 2, timeZone: tz)
+                        let all = c.nextRuns(after: after, count: 2, timeZone: tz, sameDayMargin: nil)
+                        #expect(fast == all, "\(e) in \(name) after \(after)")
+                        checked += 1
+                    }
+                }
+            }
+        }
+        #expect(checked > 5000)
+    }
+
     @Test(arguments: ["", "* * * *", "* * * * * *", "60 * * * *", "* 24 * * *", "* * 0 * *", "* * * 13 *", "* * * * 8",
                       "*/0 * * * *", "5-1 * * * *", "a * * * *", "@never", "1,,2 * * * *", "1/2/3 * * * *"])
     func rejectsBadExpressions(_ e: String) {

@@ -55,8 +55,9 @@ struct ExecutorTests {
         admin.login("admin")
     }
 
-    func start(_ runner: FakeRunner, lease: Int = 30, outputCapBytes: Int? = nil) -> Executor {
+    func start(_ runner: FakeRunner, lease: Int = 30, outputCapBytes: Int? = nil, scheduleTickSeconds: Double? = nil) -> Executor {
         var s = ExecutorSettings(id: "test-exec-\(UUID().uuidString.prefix(6))", databaseURL: url)
+        if let scheduleTickSeconds { s.scheduleTickSeconds = scheduleTickSeconds }
         s.pollSeconds = 0.1
         s.heartbeatSeconds = 0.2
         s.leaseSeconds = lease
@@ -147,6 +148,25 @@ struct ExecutorTests {
             SELECT j.next_run_at > e.schedule_slot AS later FROM jobs j JOIN executions e ON e.job_id = j.id WHERE e.id = $1
             """, [runs.first?.int64("id") ?? 0])
         #expect(next.first?.bool("later") == true)
+    }
+
+    @Test func theExecutorWakesForTheNextSlotRatherThanAfterItsTickInterval() throws {
+        let runner = FakeRunner()
+        let jobID = job(#"{"name":"soon","script":"true","server_ids":[SERVER],"schedule":"* * * * *"}"#)
+        // A slot 1.5 s ahead (the tick fires next_run_at as it stands); the executor ticks only every 30 s otherwise.
+        try db.query("UPDATE jobs SET next_run_at = date_trunc('milliseconds', now()) + interval '1.5 seconds' WHERE id = $1", [jobID])
+        let e = start(runner, scheduleTickSeconds: 30)
+        defer { e.stop() }
+        let deadline = Date().addingTimeInterval(6)
+        var lag: [PGRow] = []
+        while lag.isEmpty && Date() < deadline {
+            lag = try db.query("""
+                SELECT extract(epoch FROM created_at - schedule_slot) AS s FROM executions WHERE job_id = $1 AND trigger = 'schedule'
+                """, [jobID])
+            usleep(20_000)
+        }
+        let seconds = lag.first.flatMap { Double($0.string("s")) }
+        #expect(seconds != nil && seconds! >= 0 && seconds! < 1, "created \(seconds.map { String($0) } ?? "never") s after its slot")
     }
 
     @Test func failuresRetryThenFail() throws {
