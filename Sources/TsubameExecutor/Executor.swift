@@ -68,6 +68,13 @@ final class ActiveTarget: @unchecked Sendable {
     var stderr: OutputMasker
     var lost = false
     let retries: Int
+    /// Set when output of its execution could not be stored because the database is out of disk space: the target
+    /// is stopped, its further output dropped, and it fails with this error.
+    var storageError: String?
+    var storageLineTried = false
+    /// What the target ended with, decided once when it finished (its last line is then pending), so that a write
+    /// retried after a database error neither writes that line twice nor decides differently.
+    var result: (status: String, code: Int32?, error: String?, retryDelay: Double?)?
     init(claim: ClaimedTarget, secrets: [String], retries: Int) {
         self.claim = claim
         stdout = OutputMasker(secrets: secrets)
@@ -366,7 +373,7 @@ public final class Executor: @unchecked Sendable {
     func target(_ id: Int64) -> ActiveTarget? { lock.lock(); defer { lock.unlock() }; return active[id] }
 
     func add(_ t: ActiveTarget, stream: String, bytes: [UInt8], _ pending: inout [Int64: Pending], countBytes: Bool = true) {
-        guard !bytes.isEmpty else { return }
+        guard !bytes.isEmpty, t.storageError == nil else { return }
         let execution = t.claim.executionID
         // Mutated in place in the dictionary: a chunk being merged into is never copied.
         pending[execution, default: Pending()].add(t, stream: stream, bytes: bytes, countBytes: countBytes, executor: self)
@@ -378,9 +385,31 @@ public final class Executor: @unchecked Sendable {
 
     func flush(_ execution: Int64, _ db: PGConnection, _ pending: inout [Int64: Pending]) throws {
         guard let p = pending[execution], !p.pieces.isEmpty else { pending[execution] = nil; return }
-        // Fenced per piece: output of a target this executor no longer holds is dropped.
-        try Queue.appendLog(db, executionID: execution, executor: settings.id, pieces: p.pieces, truncated: p.truncated)
+        do {
+            // Fenced per piece: output of a target this executor no longer holds is dropped.
+            try Queue.appendLog(db, executionID: execution, executor: settings.id, pieces: p.pieces, truncated: p.truncated)
+        } catch let e as PGError where e.isDiskFull {
+            // Retrying would not help and output would pile up here: what cannot be stored is dropped, and the
+            // execution's targets are stopped and failed saying why (rows stored before stay as they are).
+            pending[execution] = nil
+            storageFull(execution, e)
+            return
+        }
         pending[execution] = nil
+    }
+
+    /// The database refused output of `execution` for lack of disk space: its targets here are stopped and will fail.
+    func storageFull(_ execution: Int64, _ error: PGError) {
+        let message = "output could not be stored: the database server is out of disk space (\(error.primaryMessage)); "
+            + "the target was stopped and its output from then on is lost"
+        lock.lock()
+        let hit = active.values.filter { $0.claim.executionID == execution && $0.storageError == nil }
+        for t in hit { t.storageError = message }
+        lock.unlock()
+        guard !hit.isEmpty else { return }
+        Log.error("output could not be stored: the database is out of disk space; stopping the execution's targets",
+                  [("execution_id", .int(execution)), ("targets", .int(hit.count)), ("error", .string(error.description))])
+        for t in hit { runner?.cancel(id: t.claim.id) }
     }
 
     func apply(_ event: SSHEvent, _ db: PGConnection, _ pending: inout [Int64: Pending]) throws {
@@ -404,16 +433,31 @@ public final class Executor: @unchecked Sendable {
             if let p = pending[t.claim.executionID], p.bytes >= settings.statementBytes { try flush(t.claim.executionID, db, &pending) }
         case let .finished(id, outcome, durationMs):
             guard let t = target(id) else { return }
-            add(t, stream: "stdout", bytes: t.stdout.flushBytes(), &pending)
-            add(t, stream: "stderr", bytes: t.stderr.flushBytes(), &pending)
-            let (status, code, error, line) = Executor.describe(outcome, durationMs: durationMs, target: t)
-            let retry = status == "failed" && t.claim.attempt <= t.retries && !t.lost && !isStopping
-            system(t, line + (retry ? "; retrying (attempt \(t.claim.attempt + 1) of \(t.retries + 1))" : ""), &pending)
+            if t.result == nil {
+                // Once: when a write below fails, this event is applied again and the line is already pending.
+                add(t, stream: "stdout", bytes: t.stdout.flushBytes(), &pending)
+                add(t, stream: "stderr", bytes: t.stderr.flushBytes(), &pending)
+                let (status, code, error, line) = Executor.describe(outcome, durationMs: durationMs, target: t)
+                let retry = status == "failed" && t.claim.attempt <= t.retries && !t.lost && !isStopping && t.storageError == nil
+                system(t, line + (retry ? "; retrying (attempt \(t.claim.attempt + 1) of \(t.retries + 1))" : ""), &pending)
+                t.result = (status, code, error, retry ? min(pow(2, Double(t.claim.attempt)), 60) : nil)
+            }
             try flush(t.claim.executionID, db, &pending)
+            guard var result = t.result else { return }
+            if let storage = t.storageError {
+                result = ("failed", result.code, storage, nil)
+                if !t.storageLineTried, !t.lost {
+                    // The reason in the log too, if there is room for one line.
+                    t.storageLineTried = true
+                    do {
+                        try Queue.appendLog(db, executionID: t.claim.executionID, executor: settings.id,
+                                            pieces: [LogPiece(serverID: t.claim.serverID, stream: "system", data: storage + "\n", targetID: id)])
+                    } catch let e as PGError where e.isDiskFull {}
+                }
+            }
             if !t.lost {
-                let delay = retry ? min(pow(2, Double(t.claim.attempt)), 60) : nil
-                let ok = try Queue.finishTarget(db, targetID: id, executor: settings.id, status: status, exitCode: code, error: error,
-                                                retryDelaySeconds: delay)
+                let ok = try Queue.finishTarget(db, targetID: id, executor: settings.id, status: result.status, exitCode: result.code,
+                                                error: result.error, retryDelaySeconds: result.retryDelay)
                 if !ok { Log.warn("result dropped: the lease was lost", [("target_id", .int(id))]) }
             }
             lock.lock()
