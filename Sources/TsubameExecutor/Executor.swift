@@ -127,6 +127,20 @@ public final class Executor: @unchecked Sendable {
         done.wait()
     }
 
+    /// Session settings of the executor's connections. A transaction left open by an executor that was cut off from
+    /// the database mid-transaction (a network partition: the server sees no error, the connection just goes quiet)
+    /// would hold its row locks until TCP gives up, many minutes later, and the reaper of another executor would wait
+    /// for them (it locks the execution row): the server ends such a session after a third of the lease (at least 1 s),
+    /// so the lost executor's targets are failed after lease + a third. The executor's transactions never wait
+    /// between statements; one cut short by a stall is simply retried.
+    public static func sessionSettings(leaseSeconds: Int) -> [(name: String, value: String)] {
+        [("idle_in_transaction_session_timeout", "\(max(1000, leaseSeconds * 1000 / 3))ms")]
+    }
+
+    func connect() throws -> PGConnection {
+        try PGConnection(settings.databaseURL, settings: Executor.sessionSettings(leaseSeconds: settings.leaseSeconds))
+    }
+
     public var activeCount: Int { lock.lock(); defer { lock.unlock() }; return active.count }
     var isStopping: Bool { lock.lock(); defer { lock.unlock() }; return stopping }
 
@@ -143,7 +157,7 @@ public final class Executor: @unchecked Sendable {
         while !isStopping {
             do {
                 if db == nil || !(db!.isOK) {
-                    let c = try db ?? PGConnection(settings.databaseURL)
+                    let c = try db ?? connect()
                     if db != nil { try c.reconnectAndListen() } else {
                         try c.listen(Queue.queueChannel)
                         try c.listen(Queue.cancelChannel)
@@ -344,7 +358,7 @@ public final class Executor: @unchecked Sendable {
             if batch == nil && events.isClosed && pending.isEmpty { break }
             var applied = 0
             do {
-                if db == nil || !(db!.isOK) { db = try PGConnection(settings.databaseURL) }
+                if db == nil || !(db!.isOK) { db = try connect() }
                 let conn = db!
                 for event in batch ?? [] {
                     try apply(event, conn, &pending)

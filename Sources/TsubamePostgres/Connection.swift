@@ -153,9 +153,17 @@ public final class PGConnection: @unchecked Sendable {
     private var transactionDepth = 0
     private var listening: Set<String> = []
 
-    /// Connects; throws a PGError naming the problem (without the password).
-    public init(_ conninfo: String) throws {
+    /// Session settings (`SET name = 'value'`) made on every (re)connection.
+    public let sessionSettings: [(name: String, value: String)]
+
+    /// Connects; throws a PGError naming the problem (without the password). `settings` are set on this connection
+    /// and again on each reconnection (names are plain identifiers, values simple words such as `1500ms`).
+    public init(_ conninfo: String, settings: [(name: String, value: String)] = []) throws {
+        precondition(settings.allSatisfy { s in
+            s.name.allSatisfy { $0.isLetter || $0 == "_" } && s.value.allSatisfy { $0.isLetter || $0.isNumber || $0 == "_" }
+        }, "bad session setting")
         self.conninfo = conninfo
+        sessionSettings = settings
         try connect()
     }
 
@@ -172,6 +180,7 @@ public final class PGConnection: @unchecked Sendable {
             throw PGError(sqlState: nil, message: msg.trimmingCharacters(in: .whitespacesAndNewlines), operation: "connect", connectionLost: true)
         }
         _ = try execute("SET TIME ZONE 'UTC'")
+        for (name, value) in sessionSettings { _ = try execute("SET \(name) = '\(value)'") }
     }
 
     public var isOK: Bool { conn.map { PQstatus($0) == CONNECTION_OK } ?? false }

@@ -444,6 +444,29 @@ struct ExecutorTests {
         #expect(lines.filter { $0.hasPrefix("connected to") }.count == 1, "\(lines)")
     }
 
+    @Test func aTransactionLeftOpenByACutOffExecutorDoesNotStopTheReaper() throws {
+        #expect(Executor.sessionSettings(leaseSeconds: 30).map(\.value) == ["10000ms"])
+        #expect(Executor.sessionSettings(leaseSeconds: 3).map(\.value) == ["1000ms"])
+        let jobID = job(#"{"name":"cut-off","script":"true","server_ids":[SERVER]}"#)
+        let id = try #require(try Queue.enqueue(db, jobID: jobID, trigger: "api", userID: nil, username: nil, envOverrides: nil))
+        #expect(try Queue.claim(db, executor: "cut-off", limit: 1, leaseSeconds: 1).count == 1)
+        // The cut-off executor was finishing the target: it holds the execution's row lock, and then goes quiet.
+        let cutOff = try PGConnection(url, settings: Executor.sessionSettings(leaseSeconds: 3))
+        #expect(try cutOff.query("SHOW idle_in_transaction_session_timeout").first?.string("idle_in_transaction_session_timeout") == "1s")
+        let backend = try cutOff.query("SELECT pg_backend_pid() AS pid")[0].int("pid")
+        try cutOff.execute("BEGIN")
+        try cutOff.query("SELECT 1 FROM executions WHERE id = $1 FOR UPDATE", [id])
+        usleep(1_100_000)  // its lease has expired
+        try db.execute("SET statement_timeout = '20s'")  // a regression fails here instead of hanging
+        defer { _ = try? db.execute("RESET statement_timeout") }
+        let t0 = Date()
+        #expect(try Queue.reap(db) == 1)
+        #expect(Date().timeIntervalSince(t0) < 10)
+        #expect(try db.query("SELECT status FROM executions WHERE id = $1", [id])[0].string("status") == "failed")
+        // The server ended the silent session (its transaction rolled back).
+        #expect(try db.query("SELECT count(*) AS n FROM pg_stat_activity WHERE pid = $1", [backend])[0].int("n") == 0)
+    }
+
     @Test func outcomesAreDescribed() {
         let claim = ClaimedTarget(id: 1, executionID: 1, serverID: 1, serverName: "s", attempt: 1, host: "h", port: 22, username: "u",
                                   authMethod: "password", credentials: nil, hostKeyFingerprint: nil, script: "", env: .object([]),
