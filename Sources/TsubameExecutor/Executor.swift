@@ -73,7 +73,8 @@ final class ActiveTarget: @unchecked Sendable {
     var storageError: String?
     var storageLineTried = false
     /// What the target ended with, decided once when it finished (its last line is then pending), so that a write
-    /// retried after a database error neither writes that line twice nor decides differently.
+    /// retried after a database error neither writes that line twice nor decides differently. Set under the
+    /// executor's lock (the heartbeat reads it).
     var result: (status: String, code: Int32?, error: String?, retryDelay: Double?)?
     init(claim: ClaimedTarget, secrets: [String], retries: Int) {
         self.claim = claim
@@ -234,7 +235,9 @@ public final class Executor: @unchecked Sendable {
         let held = try Queue.heartbeat(db, executor: settings.id, host: ProcessInfo.processInfo.hostName, leaseSeconds: settings.leaseSeconds,
                                        holding: holding, stats: stats)
         lock.lock()
-        let lost = active.filter { holding.contains($0.key) && !held.contains($0.key) && !$0.value.lost }
+        // A target whose result is being recorded is no longer `running` in the database because it finished (or
+        // was queued again for a retry), not because another executor took it: only one with no result yet is lost.
+        let lost = active.filter { holding.contains($0.key) && !held.contains($0.key) && !$0.value.lost && $0.value.result == nil }
         for (_, t) in lost { t.lost = true }
         lock.unlock()
         for (id, _) in lost {
@@ -454,7 +457,9 @@ public final class Executor: @unchecked Sendable {
                 let (status, code, error, line) = Executor.describe(outcome, durationMs: durationMs, target: t)
                 let retry = status == "failed" && t.claim.attempt <= t.retries && !t.lost && !isStopping && t.storageError == nil
                 system(t, line + (retry ? "; retrying (attempt \(t.claim.attempt + 1) of \(t.retries + 1))" : ""), &pending)
+                lock.lock()
                 t.result = (status, code, error, retry ? min(pow(2, Double(t.claim.attempt)), 60) : nil)
+                lock.unlock()
             }
             try flush(t.claim.executionID, db, &pending)
             guard var result = t.result else { return }

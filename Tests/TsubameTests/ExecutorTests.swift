@@ -467,6 +467,27 @@ struct ExecutorTests {
         #expect(try db.query("SELECT count(*) AS n FROM pg_stat_activity WHERE pid = $1", [backend])[0].int("n") == 0)
     }
 
+    @Test func aTargetWhoseResultIsBeingRecordedIsNotTakenForALostLease() throws {
+        let jobID = job(#"{"name":"finishing","script":"true","server_ids":[SERVER]}"#)
+        for _ in 0..<2 { _ = try Queue.enqueue(db, jobID: jobID, trigger: "api", userID: nil, username: nil, envOverrides: nil) }
+        let e = Executor(settings: ExecutorSettings(id: "hb-\(UUID().uuidString.prefix(6))", databaseURL: url), box: app.box)
+        let runner = FakeRunner()
+        e.runner = runner
+        let claimed = try Queue.claim(db, executor: e.settings.id, limit: 2, leaseSeconds: 30)
+        #expect(claimed.count == 2)
+        let (finishing, taken) = (ActiveTarget(claim: claimed[0], secrets: [], retries: 0), ActiveTarget(claim: claimed[1], secrets: [], retries: 0))
+        e.active = [finishing.claim.id: finishing, taken.claim.id: taken]
+        // The writer has decided the first one's result and recorded it; the heartbeat still counts it as held.
+        finishing.result = ("succeeded", 0, nil, nil)
+        #expect(try Queue.finishTarget(db, targetID: finishing.claim.id, executor: e.settings.id, status: "succeeded", exitCode: 0,
+                                       error: nil, retryDelaySeconds: nil))
+        // The second one was reaped meanwhile (its lease had run out): that is a lost lease.
+        try db.query("UPDATE execution_targets SET status = 'failed', finished_at = now() WHERE id = $1", [taken.claim.id])
+        try e.heartbeat(db)
+        #expect(!finishing.lost && !runner.isCancelled(finishing.claim.id))
+        #expect(taken.lost && runner.isCancelled(taken.claim.id))
+    }
+
     @Test func outcomesAreDescribed() {
         let claim = ClaimedTarget(id: 1, executionID: 1, serverID: 1, serverName: "s", attempt: 1, host: "h", port: 22, username: "u",
                                   authMethod: "password", credentials: nil, hostKeyFingerprint: nil, script: "", env: .object([]),
