@@ -68,6 +68,14 @@ final class ActiveTarget: @unchecked Sendable {
     var stderr: OutputMasker
     var lost = false
     let retries: Int
+    /// Set when output of its execution could not be stored because the database is out of disk space: the target
+    /// is stopped, its further output dropped, and it fails with this error.
+    var storageError: String?
+    var storageLineTried = false
+    /// What the target ended with, decided once when it finished (its last line is then pending), so that a write
+    /// retried after a database error neither writes that line twice nor decides differently. Set under the
+    /// executor's lock (the heartbeat reads it).
+    var result: (status: String, code: Int32?, error: String?, retryDelay: Double?)?
     init(claim: ClaimedTarget, secrets: [String], retries: Int) {
         self.claim = claim
         stdout = OutputMasker(secrets: secrets)
@@ -120,6 +128,20 @@ public final class Executor: @unchecked Sendable {
         done.wait()
     }
 
+    /// Session settings of the executor's connections. A transaction left open by an executor that was cut off from
+    /// the database mid-transaction (a network partition: the server sees no error, the connection just goes quiet)
+    /// would hold its row locks until TCP gives up, many minutes later, and the reaper of another executor would wait
+    /// for them (it locks the execution row): the server ends such a session after a third of the lease (at least 1 s),
+    /// so the lost executor's targets are failed after lease + a third. The executor's transactions never wait
+    /// between statements; one cut short by a stall is simply retried.
+    public static func sessionSettings(leaseSeconds: Int) -> [(name: String, value: String)] {
+        [("idle_in_transaction_session_timeout", "\(max(1000, leaseSeconds * 1000 / 3))ms")]
+    }
+
+    func connect() throws -> PGConnection {
+        try PGConnection(settings.databaseURL, settings: Executor.sessionSettings(leaseSeconds: settings.leaseSeconds))
+    }
+
     public var activeCount: Int { lock.lock(); defer { lock.unlock() }; return active.count }
     var isStopping: Bool { lock.lock(); defer { lock.unlock() }; return stopping }
 
@@ -136,7 +158,7 @@ public final class Executor: @unchecked Sendable {
         while !isStopping {
             do {
                 if db == nil || !(db!.isOK) {
-                    let c = try db ?? PGConnection(settings.databaseURL)
+                    let c = try db ?? connect()
                     if db != nil { try c.reconnectAndListen() } else {
                         try c.listen(Queue.queueChannel)
                         try c.listen(Queue.cancelChannel)
@@ -221,7 +243,9 @@ public final class Executor: @unchecked Sendable {
         let held = try Queue.heartbeat(db, executor: settings.id, host: ProcessInfo.processInfo.hostName, leaseSeconds: settings.leaseSeconds,
                                        holding: holding, stats: stats)
         lock.lock()
-        let lost = active.filter { holding.contains($0.key) && !held.contains($0.key) && !$0.value.lost }
+        // A target whose result is being recorded is no longer `running` in the database because it finished (or
+        // was queued again for a retry), not because another executor took it: only one with no result yet is lost.
+        let lost = active.filter { holding.contains($0.key) && !held.contains($0.key) && !$0.value.lost && $0.value.result == nil }
         for (_, t) in lost { t.lost = true }
         lock.unlock()
         for (id, _) in lost {
@@ -345,7 +369,7 @@ public final class Executor: @unchecked Sendable {
             if batch == nil && events.isClosed && pending.isEmpty { break }
             var applied = 0
             do {
-                if db == nil || !(db!.isOK) { db = try PGConnection(settings.databaseURL) }
+                if db == nil || !(db!.isOK) { db = try connect() }
                 let conn = db!
                 for event in batch ?? [] {
                     try apply(event, conn, &pending)
@@ -374,7 +398,7 @@ public final class Executor: @unchecked Sendable {
     func target(_ id: Int64) -> ActiveTarget? { lock.lock(); defer { lock.unlock() }; return active[id] }
 
     func add(_ t: ActiveTarget, stream: String, bytes: [UInt8], _ pending: inout [Int64: Pending], countBytes: Bool = true) {
-        guard !bytes.isEmpty else { return }
+        guard !bytes.isEmpty, t.storageError == nil else { return }
         let execution = t.claim.executionID
         // Mutated in place in the dictionary: a chunk being merged into is never copied.
         pending[execution, default: Pending()].add(t, stream: stream, bytes: bytes, countBytes: countBytes, executor: self)
@@ -386,9 +410,31 @@ public final class Executor: @unchecked Sendable {
 
     func flush(_ execution: Int64, _ db: PGConnection, _ pending: inout [Int64: Pending]) throws {
         guard let p = pending[execution], !p.pieces.isEmpty else { pending[execution] = nil; return }
-        // Fenced per piece: output of a target this executor no longer holds is dropped.
-        try Queue.appendLog(db, executionID: execution, executor: settings.id, pieces: p.pieces, truncated: p.truncated)
+        do {
+            // Fenced per piece: output of a target this executor no longer holds is dropped.
+            try Queue.appendLog(db, executionID: execution, executor: settings.id, pieces: p.pieces, truncated: p.truncated)
+        } catch let e as PGError where e.isDiskFull {
+            // Retrying would not help and output would pile up here: what cannot be stored is dropped, and the
+            // execution's targets are stopped and failed saying why (rows stored before stay as they are).
+            pending[execution] = nil
+            storageFull(execution, e)
+            return
+        }
         pending[execution] = nil
+    }
+
+    /// The database refused output of `execution` for lack of disk space: its targets here are stopped and will fail.
+    func storageFull(_ execution: Int64, _ error: PGError) {
+        let message = "output could not be stored: the database server is out of disk space (\(error.primaryMessage)); "
+            + "the target was stopped and its output from then on is lost"
+        lock.lock()
+        let hit = active.values.filter { $0.claim.executionID == execution && $0.storageError == nil }
+        for t in hit { t.storageError = message }
+        lock.unlock()
+        guard !hit.isEmpty else { return }
+        Log.error("output could not be stored: the database is out of disk space; stopping the execution's targets",
+                  [("execution_id", .int(execution)), ("targets", .int(hit.count)), ("error", .string(error.description))])
+        for t in hit { runner?.cancel(id: t.claim.id) }
     }
 
     func apply(_ event: SSHEvent, _ db: PGConnection, _ pending: inout [Int64: Pending]) throws {
@@ -412,16 +458,33 @@ public final class Executor: @unchecked Sendable {
             if let p = pending[t.claim.executionID], p.bytes >= settings.statementBytes { try flush(t.claim.executionID, db, &pending) }
         case let .finished(id, outcome, durationMs):
             guard let t = target(id) else { return }
-            add(t, stream: "stdout", bytes: t.stdout.flushBytes(), &pending)
-            add(t, stream: "stderr", bytes: t.stderr.flushBytes(), &pending)
-            let (status, code, error, line) = Executor.describe(outcome, durationMs: durationMs, target: t)
-            let retry = status == "failed" && t.claim.attempt <= t.retries && !t.lost && !isStopping
-            system(t, line + (retry ? "; retrying (attempt \(t.claim.attempt + 1) of \(t.retries + 1))" : ""), &pending)
+            if t.result == nil {
+                // Once: when a write below fails, this event is applied again and the line is already pending.
+                add(t, stream: "stdout", bytes: t.stdout.flushBytes(), &pending)
+                add(t, stream: "stderr", bytes: t.stderr.flushBytes(), &pending)
+                let (status, code, error, line) = Executor.describe(outcome, durationMs: durationMs, target: t)
+                let retry = status == "failed" && t.claim.attempt <= t.retries && !t.lost && !isStopping && t.storageError == nil
+                system(t, line + (retry ? "; retrying (attempt \(t.claim.attempt + 1) of \(t.retries + 1))" : ""), &pending)
+                lock.lock()
+                t.result = (status, code, error, retry ? min(pow(2, Double(t.claim.attempt)), 60) : nil)
+                lock.unlock()
+            }
             try flush(t.claim.executionID, db, &pending)
+            guard var result = t.result else { return }
+            if let storage = t.storageError {
+                result = ("failed", result.code, storage, nil)
+                if !t.storageLineTried, !t.lost {
+                    // The reason in the log too, if there is room for one line.
+                    t.storageLineTried = true
+                    do {
+                        try Queue.appendLog(db, executionID: t.claim.executionID, executor: settings.id,
+                                            pieces: [LogPiece(serverID: t.claim.serverID, stream: "system", data: storage + "\n", targetID: id)])
+                    } catch let e as PGError where e.isDiskFull {}
+                }
+            }
             if !t.lost {
-                let delay = retry ? min(pow(2, Double(t.claim.attempt)), 60) : nil
-                let ok = try Queue.finishTarget(db, targetID: id, executor: settings.id, status: status, exitCode: code, error: error,
-                                                retryDelaySeconds: delay)
+                let ok = try Queue.finishTarget(db, targetID: id, executor: settings.id, status: result.status, exitCode: result.code,
+                                                error: result.error, retryDelaySeconds: result.retryDelay)
                 if !ok { Log.warn("result dropped: the lease was lost", [("target_id", .int(id))]) }
             }
             lock.lock()

@@ -98,6 +98,11 @@ public final class App: @unchecked Sendable {
         } catch let e as PGError where e.isUniqueViolation || e.isForeignKeyViolation {
             // A race another request won (the handlers check first; this is the backstop).
             response = Reply.problem(.conflict("The change conflicts with another one made at the same time; reload and retry."), requestID: requestID)
+        } catch let e as PGError where e.isDiskFull {
+            Log.error("the database is out of disk space", [("request_id", .string(requestID)), ("path", .string(path)),
+                                                           ("error", .string(e.description))])
+            response = Reply.problem(.unavailable("The database server is out of disk space, so this change was not saved; "
+                                                  + "try again once an administrator has freed space."), requestID: requestID)
         } catch let e as PGError where e.connectionLost {
             Log.warn("database connection lost", [("request_id", .string(requestID)), ("error", .string(e.description))])
             response = Reply.problem(.unavailable("The database is unreachable; try again shortly."), requestID: requestID)

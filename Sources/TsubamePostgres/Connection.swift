@@ -18,6 +18,16 @@ public struct PGError: Error, CustomStringConvertible, Sendable {
     public var description: String { "\(operation): \(message)" + (sqlState.map { " (SQLSTATE \($0))" } ?? "") }
     public var isUniqueViolation: Bool { sqlState == "23505" }
     public var isForeignKeyViolation: Bool { sqlState == "23503" }
+    /// The server could not write a file because its disk (or the tablespace's) is full: `disk_full`, 53100.
+    public var isDiskFull: Bool { sqlState == "53100" }
+    /// The server's own message, without the severity prefix and the detail and hint lines.
+    public var primaryMessage: String {
+        var line = message.split(separator: "\n", maxSplits: 1).first.map(String.init) ?? message
+        for prefix in ["ERROR:", "FATAL:", "PANIC:"] where line.hasPrefix(prefix) {
+            line = line.dropFirst(prefix.count).trimmingCharacters(in: .whitespaces)
+        }
+        return line
+    }
 }
 
 /// A value bound to a `$n` parameter, sent in text format, or in binary format when `pgBinary` is not nil.
@@ -143,9 +153,17 @@ public final class PGConnection: @unchecked Sendable {
     private var transactionDepth = 0
     private var listening: Set<String> = []
 
-    /// Connects; throws a PGError naming the problem (without the password).
-    public init(_ conninfo: String) throws {
+    /// Session settings (`SET name = 'value'`) made on every (re)connection.
+    public let sessionSettings: [(name: String, value: String)]
+
+    /// Connects; throws a PGError naming the problem (without the password). `settings` are set on this connection
+    /// and again on each reconnection (names are plain identifiers, values simple words such as `1500ms`).
+    public init(_ conninfo: String, settings: [(name: String, value: String)] = []) throws {
+        precondition(settings.allSatisfy { s in
+            s.name.allSatisfy { $0.isLetter || $0 == "_" } && s.value.allSatisfy { $0.isLetter || $0.isNumber || $0 == "_" }
+        }, "bad session setting")
         self.conninfo = conninfo
+        sessionSettings = settings
         try connect()
     }
 
@@ -162,6 +180,7 @@ public final class PGConnection: @unchecked Sendable {
             throw PGError(sqlState: nil, message: msg.trimmingCharacters(in: .whitespacesAndNewlines), operation: "connect", connectionLost: true)
         }
         _ = try execute("SET TIME ZONE 'UTC'")
+        for (name, value) in sessionSettings { _ = try execute("SET \(name) = '\(value)'") }
     }
 
     public var isOK: Bool { conn.map { PQstatus($0) == CONNECTION_OK } ?? false }
@@ -273,6 +292,21 @@ public final class PGConnection: @unchecked Sendable {
         } catch {
             transactionDepth -= 1
             if isOK { _ = try? execute("ROLLBACK") }
+            throw error
+        }
+    }
+
+    /// Runs `body` under a savepoint of the open transaction: when it throws, only what it did is rolled back and the
+    /// transaction can go on. Outside a transaction it simply runs `body`.
+    public func savepoint<T>(_ body: () throws -> T) throws -> T {
+        guard transactionDepth > 0 else { return try body() }
+        try execute("SAVEPOINT tsubame_savepoint")
+        do {
+            let v = try body()
+            try execute("RELEASE SAVEPOINT tsubame_savepoint")
+            return v
+        } catch {
+            if isOK { _ = try? execute("ROLLBACK TO SAVEPOINT tsubame_savepoint") }
             throw error
         }
     }

@@ -197,6 +197,20 @@ public enum Queue {
         return !rows.isEmpty
     }
 
+    /// System lines that describe a change made in the same transaction (a target reaped or cancelled): stored when
+    /// there is room. A full disk (SQLSTATE 53100, e.g. the log's tablespace) must not block the change itself, whose
+    /// `error` says the same, so the lines are then left out. Returns whether they were stored.
+    @discardableResult
+    public static func appendSystemLines(_ db: PGConnection, executionID: Int64, pieces: [LogPiece]) throws -> Bool {
+        do {
+            return try db.savepoint { try appendLog(db, executionID: executionID, pieces: pieces) }
+        } catch let e as PGError where e.isDiskFull {
+            Log.warn("system lines not stored: the database is out of disk space",
+                     [("execution_id", .int(executionID)), ("lines", .int(pieces.count)), ("error", .string(e.primaryMessage))])
+            return false
+        }
+    }
+
     /// The final (or retried) state of a target this executor ran. Returns false when the lease was lost meanwhile.
     public static func finishTarget(_ db: PGConnection, targetID: Int64, executor: String, status: String, exitCode: Int32?,
                                     error: String?, retryDelaySeconds: Double?) throws -> Bool {
@@ -287,7 +301,7 @@ public enum Queue {
                 RETURNING t.id, t.execution_id, t.server_id, t.executor_id
                 """, [limit])
             for r in rows {
-                try appendLog(db, executionID: r.int64("execution_id"), targetID: nil, executor: nil, pieces: [
+                try appendSystemLines(db, executionID: r.int64("execution_id"), pieces: [
                     LogPiece(serverID: r.optInt64("server_id"), stream: "system",
                              data: "executor \(r.string("executor_id")) was lost (no heartbeat before its lease expired); target marked failed\n"),
                 ])
@@ -308,7 +322,7 @@ public enum Queue {
                 WHERE execution_id = $1 AND status = 'queued' RETURNING server_id
                 """, [executionID])
             if !queued.isEmpty {
-                try appendLog(db, executionID: executionID, targetID: nil, executor: nil, pieces: queued.map {
+                try appendSystemLines(db, executionID: executionID, pieces: queued.map {
                     LogPiece(serverID: $0.optInt64("server_id"), stream: "system", data: "cancelled before it started\n")
                 })
             }

@@ -332,6 +332,182 @@ struct ExecutorTests {
         #expect(e.string("status") == "succeeded" && e.int("exit_code") == 0)
     }
 
+    /// Makes inserts into log_chunks fail the way a full disk does (SQLSTATE 53100) while `test_disk_full.is_full`.
+    func simulateDiskFull() throws {
+        try db.execute("""
+            CREATE TABLE IF NOT EXISTS test_disk_full (is_full boolean NOT NULL);
+            TRUNCATE test_disk_full; INSERT INTO test_disk_full VALUES (false);
+            CREATE OR REPLACE FUNCTION test_disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF (SELECT is_full FROM test_disk_full) THEN
+                    RAISE EXCEPTION 'could not extend file "pg_tblspc/1/2/3": No space left on device'
+                        USING ERRCODE = 'disk_full', HINT = 'Check free disk space.';
+                END IF;
+                RETURN NEW;
+            END $$;
+            DROP TRIGGER IF EXISTS test_disk_full ON log_chunks;
+            CREATE TRIGGER test_disk_full BEFORE INSERT ON log_chunks FOR EACH ROW EXECUTE FUNCTION test_disk_full();
+            """)
+    }
+
+    func dropDiskFull() {
+        _ = try? db.execute("DROP TRIGGER IF EXISTS test_disk_full ON log_chunks; DROP FUNCTION IF EXISTS test_disk_full(); DROP TABLE IF EXISTS test_disk_full")
+    }
+
+    func setDiskFull(_ full: Bool) throws { try db.query("UPDATE test_disk_full SET is_full = $1", [full]) }
+
+    @Test func aFullDiskFailsTheTargetWithAClearErrorAndKeepsWhatWasStored() throws {
+        try simulateDiskFull()
+        defer { dropDiskFull() }
+        let runner = FakeRunner()
+        runner.script = { _ in ([(.stdout, "stored before\n")], .exited(0), true) }
+        let e = start(runner)
+        defer { e.stop() }
+        let jobID = job(#"{"name":"disk-full","script":"yes","server_ids":[SERVER]}"#)
+        let id = admin.post("/api/v1/jobs/\(jobID)/run").json["id"]?.int64Value ?? 0
+        func stored() throws -> [String] {
+            try db.query("SELECT data FROM log_chunks WHERE execution_id = $1 ORDER BY seq", [id]).map { $0.string("data") }
+        }
+        for _ in 0..<500 where (try? stored().contains("stored before\n")) != true { usleep(10_000) }
+        #expect(try stored().contains("stored before\n"))
+        let target = try #require(runner.submitted.first)
+        try setDiskFull(true)
+        // More output, which cannot be stored: the target is stopped (the fake runner then says cancelled) and fails.
+        e.handle(.output(id: target.id, stream: .stdout, bytes: Array("lost\n".utf8)))
+        let done = waitFinished(id)
+        #expect(done["status"] == "failed")
+        let t = try #require(done["targets"]?.arrayValue?.first)
+        #expect(t["status"] == "failed")
+        let error = t["error"]?.stringValue ?? ""
+        #expect(error.hasPrefix("output could not be stored: the database server is out of disk space (could not extend file"), "\(error)")
+        #expect(error.hasSuffix("No space left on device); the target was stopped and its output from then on is lost"), "\(error)")
+        #expect(runner.isCancelled(target.id))
+        // What was stored before stays, with seq 1..n; nothing of the lost output.
+        let before = try stored()
+        #expect(before.contains("stored before\n") && !before.contains("lost\n"))
+        let seqs = try db.query("SELECT seq FROM log_chunks WHERE execution_id = $1 ORDER BY seq", [id]).map { $0.int64("seq") }
+        #expect(seqs == Array(1...Int64(seqs.count)))
+        #expect(try db.query("SELECT last_seq FROM executions WHERE id = $1", [id])[0].int64("last_seq") == Int64(seqs.count))
+
+        // The executor goes on: with room again, the next run stores everything and succeeds.
+        try setDiskFull(false)
+        runner.script = { _ in ([(.stdout, "room again\n")], .exited(0), false) }
+        let next = admin.post("/api/v1/jobs/\(jobID)/run").json["id"]?.int64Value ?? 0
+        #expect(waitFinished(next)["status"] == "succeeded")
+        #expect(admin.get("/api/v1/executions/\(next)/log.txt").text.contains("room again\n"))
+        #expect(e.activeCount == 0)
+    }
+
+    @Test func aFullDiskDoesNotBlockCancelReapOrTheAPI() throws {
+        try simulateDiskFull()
+        defer { dropDiskFull() }
+        let jobID = job(#"{"name":"full-cancel","script":"true","server_ids":[SERVER]}"#)
+        let queued = admin.post("/api/v1/jobs/\(jobID)/run").json["id"]?.int64Value ?? 0
+        let lost = try #require(try Queue.enqueue(db, jobID: jobID, trigger: "api", userID: nil, username: nil, envOverrides: nil))
+        try db.query("""
+            UPDATE execution_targets SET status = 'running', executor_id = 'gone', attempt = 1, started_at = now(),
+                   lease_expires_at = now() - interval '1 second' WHERE execution_id = $1
+            """, [lost])
+        try db.query("UPDATE executions SET status = 'running' WHERE id = $1", [lost])
+        try setDiskFull(true)
+        // Cancel of a queued run: done, without its "cancelled before it started" line.
+        #expect(admin.post("/api/v1/executions/\(queued)/cancel").status == 202)
+        #expect(admin.get("/api/v1/executions/\(queued)").json["status"] == "cancelled")
+        // The reaper fails a lost executor's target all the same.
+        #expect(try Queue.reap(db) == 1)
+        let reaped = admin.get("/api/v1/executions/\(lost)").json
+        #expect(reaped["status"] == "failed")
+        #expect(reaped["targets"]?.arrayValue?.first?["error"]?.stringValue?.contains("(gone) stopped heartbeating") == true)
+        #expect(try db.query("SELECT count(*) AS n FROM log_chunks WHERE execution_id IN ($1, $2)", [queued, lost])[0].int("n") == 0)
+        // A change the database has no room for is a clear 503, not a 500.
+        try db.execute("CREATE TRIGGER test_disk_full_servers BEFORE INSERT ON servers FOR EACH ROW EXECUTE FUNCTION test_disk_full()")
+        defer { _ = try? db.execute("DROP TRIGGER IF EXISTS test_disk_full_servers ON servers") }
+        let r = admin.post("/api/v1/servers", #"{"name":"no-room","host":"127.0.0.1","username":"u","auth_method":"password","password":"pw"}"#)
+        #expect(r.status == 503)
+        #expect(r.json["detail"]?.stringValue?.contains("out of disk space") == true)
+        // With room again, the lines are written as before.
+        try setDiskFull(false)
+        let again = admin.post("/api/v1/jobs/\(jobID)/run").json["id"]?.int64Value ?? 0
+        #expect(admin.post("/api/v1/executions/\(again)/cancel").status == 202)
+        #expect(admin.get("/api/v1/executions/\(again)/log.txt").text.contains("cancelled before it started"))
+    }
+
+    @Test func aResultWrittenAgainAfterADatabaseErrorHasOneLastLine() throws {
+        // The first attempt to record the result fails after the last line was stored: the retry must not store it again.
+        try db.execute("""
+            DROP SEQUENCE IF EXISTS test_fail_once; CREATE SEQUENCE test_fail_once;
+            CREATE OR REPLACE FUNCTION test_fail_once() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                -- A sequence: its count survives the rollback of the failed transaction.
+                IF NEW.status = 'succeeded' AND OLD.status = 'running' AND nextval('test_fail_once') = 1 THEN
+                    RAISE EXCEPTION 'try again' USING ERRCODE = 'serialization_failure';
+                END IF;
+                RETURN NEW;
+            END $$;
+            DROP TRIGGER IF EXISTS test_fail_once ON execution_targets;
+            CREATE TRIGGER test_fail_once BEFORE UPDATE ON execution_targets FOR EACH ROW EXECUTE FUNCTION test_fail_once();
+            """)
+        defer {
+            _ = try? db.execute("DROP TRIGGER IF EXISTS test_fail_once ON execution_targets; DROP FUNCTION IF EXISTS test_fail_once(); DROP SEQUENCE IF EXISTS test_fail_once")
+        }
+        let runner = FakeRunner()
+        runner.script = { _ in ([(.stdout, "once\n")], .exited(0), false) }
+        let e = start(runner)
+        defer { e.stop() }
+        let jobID = job(#"{"name":"fail-once","script":"true","server_ids":[SERVER]}"#)
+        let id = admin.post("/api/v1/jobs/\(jobID)/run").json["id"]?.int64Value ?? 0
+        #expect(waitFinished(id)["status"] == "succeeded")
+        #expect(try db.query("SELECT last_value FROM test_fail_once")[0].int("last_value") >= 2)  // it did fail once
+        let lines = try db.query("SELECT data FROM log_chunks WHERE execution_id = $1 AND stream = 'system' ORDER BY seq", [id])
+            .map { $0.string("data") }
+        #expect(lines.filter { $0.hasPrefix("exit code 0") }.count == 1, "\(lines)")
+        #expect(lines.filter { $0.hasPrefix("connected to") }.count == 1, "\(lines)")
+    }
+
+    @Test func aTransactionLeftOpenByACutOffExecutorDoesNotStopTheReaper() throws {
+        #expect(Executor.sessionSettings(leaseSeconds: 30).map(\.value) == ["10000ms"])
+        #expect(Executor.sessionSettings(leaseSeconds: 3).map(\.value) == ["1000ms"])
+        let jobID = job(#"{"name":"cut-off","script":"true","server_ids":[SERVER]}"#)
+        let id = try #require(try Queue.enqueue(db, jobID: jobID, trigger: "api", userID: nil, username: nil, envOverrides: nil))
+        #expect(try Queue.claim(db, executor: "cut-off", limit: 1, leaseSeconds: 1).count == 1)
+        // The cut-off executor was finishing the target: it holds the execution's row lock, and then goes quiet.
+        let cutOff = try PGConnection(url, settings: Executor.sessionSettings(leaseSeconds: 3))
+        #expect(try cutOff.query("SHOW idle_in_transaction_session_timeout").first?.string("idle_in_transaction_session_timeout") == "1s")
+        let backend = try cutOff.query("SELECT pg_backend_pid() AS pid")[0].int("pid")
+        try cutOff.execute("BEGIN")
+        try cutOff.query("SELECT 1 FROM executions WHERE id = $1 FOR UPDATE", [id])
+        usleep(1_100_000)  // its lease has expired
+        try db.execute("SET statement_timeout = '20s'")  // a regression fails here instead of hanging
+        defer { _ = try? db.execute("RESET statement_timeout") }
+        let t0 = Date()
+        #expect(try Queue.reap(db) == 1)
+        #expect(Date().timeIntervalSince(t0) < 10)
+        #expect(try db.query("SELECT status FROM executions WHERE id = $1", [id])[0].string("status") == "failed")
+        // The server ended the silent session (its transaction rolled back).
+        #expect(try db.query("SELECT count(*) AS n FROM pg_stat_activity WHERE pid = $1", [backend])[0].int("n") == 0)
+    }
+
+    @Test func aTargetWhoseResultIsBeingRecordedIsNotTakenForALostLease() throws {
+        let jobID = job(#"{"name":"finishing","script":"true","server_ids":[SERVER]}"#)
+        for _ in 0..<2 { _ = try Queue.enqueue(db, jobID: jobID, trigger: "api", userID: nil, username: nil, envOverrides: nil) }
+        let e = Executor(settings: ExecutorSettings(id: "hb-\(UUID().uuidString.prefix(6))", databaseURL: url), box: app.box)
+        let runner = FakeRunner()
+        e.runner = runner
+        let claimed = try Queue.claim(db, executor: e.settings.id, limit: 2, leaseSeconds: 30)
+        #expect(claimed.count == 2)
+        let (finishing, taken) = (ActiveTarget(claim: claimed[0], secrets: [], retries: 0), ActiveTarget(claim: claimed[1], secrets: [], retries: 0))
+        e.active = [finishing.claim.id: finishing, taken.claim.id: taken]
+        // The writer has decided the first one's result and recorded it; the heartbeat still counts it as held.
+        finishing.result = ("succeeded", 0, nil, nil)
+        #expect(try Queue.finishTarget(db, targetID: finishing.claim.id, executor: e.settings.id, status: "succeeded", exitCode: 0,
+                                       error: nil, retryDelaySeconds: nil))
+        // The second one was reaped meanwhile (its lease had run out): that is a lost lease.
+        try db.query("UPDATE execution_targets SET status = 'failed', finished_at = now() WHERE id = $1", [taken.claim.id])
+        try e.heartbeat(db)
+        #expect(!finishing.lost && !runner.isCancelled(finishing.claim.id))
+        #expect(taken.lost && runner.isCancelled(taken.claim.id))
+    }
+
     @Test func outcomesAreDescribed() {
         let claim = ClaimedTarget(id: 1, executionID: 1, serverID: 1, serverName: "s", attempt: 1, host: "h", port: 22, username: "u",
                                   authMethod: "password", credentials: nil, hostKeyFingerprint: nil, script: "", env: .object([]),

@@ -111,10 +111,13 @@ class ExecutorProcess:
     """One tsubame-executor. With root it runs as `tsubame` (setpriv execs it: the pid is the executor's own)
     and gets SIGTERM should this test process die first, so none outlives the suite."""
 
-    def __init__(self, executor_id: str, pidfile: str, env: dict[str, str | None] | None = None) -> None:
+    def __init__(self, executor_id: str, pidfile: str, env: dict[str, str | None] | None = None,
+                 prefix: list[str] | None = None) -> None:
         self.id = executor_id
         self.pidfile = pidfile
         self.env = dict(env or {})
+        # A command that execs the rest (e.g. `ip netns exec NS`): the pid stays the executor's own.
+        self.prefix = list(prefix or [])
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -146,6 +149,7 @@ class ExecutorProcess:
         if os.geteuid() == 0:
             cmd = ["setpriv", f"--reuid={RUN_USER}", f"--regid={RUN_USER}", "--init-groups", "--pdeathsig", "TERM",
                    "--"] + cmd
+        cmd = self.prefix + cmd
         since = psql_value("SELECT now()")
         with open(LOG_FILE or os.devnull, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -183,7 +183,10 @@ tsubame_pg_running() {
 # tsubame_pg_start DIR PORT: create (once) and start a private PostgreSQL 15
 # cluster in DIR listening on 127.0.0.1:PORT, superuser `postgres`, trust
 # authentication for the unix socket in DIR and 127.0.0.1 only. With
-# TSUBAME_PG_FAST=1 durability is traded for speed (tests only).
+# TSUBAME_PG_FAST=1 durability is traded for speed (tests only). Tests only:
+# TSUBAME_PG_EXTRA_ADDRESS=A.B.C.D also listens on (and trusts clients from)
+# that local address and TSUBAME_PG_EXTRA_CLIENT=A.B.C.D (scripts/chaos: a
+# network namespace's veth pair).
 tsubame_pg_start() {
     local dir port=$2
     dir=$(realpath -m "$1")
@@ -235,7 +238,7 @@ EOF
     fi
     {
         echo "# Written by scripts/lib/common.sh on each start; do not edit."
-        echo "listen_addresses = '127.0.0.1'"
+        echo "listen_addresses = '127.0.0.1${TSUBAME_PG_EXTRA_ADDRESS:+,${TSUBAME_PG_EXTRA_ADDRESS}}'"
         echo "port = ${port}"
         echo "unix_socket_directories = '${socket_dir//\'/\'\'}'"
         echo "max_connections = 200"
@@ -246,6 +249,13 @@ EOF
             echo "full_page_writes = off"
         fi
     } >"${dir}/tsubame.conf"
+    local extra
+    for extra in ${TSUBAME_PG_EXTRA_ADDRESS:-} ${TSUBAME_PG_EXTRA_CLIENT:-}; do
+        [[ ${extra} =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] || tsubame_die "tsubame_pg_start: bad address '${extra}'"
+        if ! grep -q "^host all all ${extra}/32 trust$" "${dir}/pg_hba.conf"; then
+            echo "host all all ${extra}/32 trust" >>"${dir}/pg_hba.conf"
+        fi
+    done
     if tsubame_is_root; then
         chown postgres:postgres "${dir}/pg_hba.conf" "${dir}/tsubame.conf"
     fi
