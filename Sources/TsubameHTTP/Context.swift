@@ -106,6 +106,20 @@ enum Cursor {
               let n = Int64(text.dropFirst(3)), n >= 0 else { return nil }
         return n
     }
+    /// A cursor of a list ordered by time, then id (executions with since/until): "v2:<id>:<created_at>", the time
+    /// as PostgreSQL printed it in UTC with microseconds (2026-11-29T23:14:53.123456Z), so it compares exactly.
+    static func encodeTimed(id: Int64, at: String) -> String { Crypto.base64url(Array("v2:\(id):\(at)".utf8)) }
+    static func decodeTimed(_ s: String) -> (id: Int64, at: String)? {
+        var b64 = s.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+        while b64.count % 4 != 0 { b64 += "=" }
+        guard s.count <= 96, let d = Data(base64Encoded: b64), let text = String(data: d, encoding: .utf8), text.hasPrefix("v2:") else { return nil }
+        let parts = text.dropFirst(3).split(separator: ":", maxSplits: 1)
+        guard parts.count == 2, let id = Int64(parts[0]), id >= 0 else { return nil }
+        // YYYY-MM-DDTHH:MM:SS.ffffffZ, digits where digits go.
+        let at = Array(parts[1].utf8), shape = Array("0000-00-00T00:00:00.000000Z".utf8)
+        guard at.count == shape.count, zip(at, shape).allSatisfy({ $1 == 0x30 ? ($0 >= 0x30 && $0 <= 0x39) : $0 == $1 }) else { return nil }
+        return (id, String(parts[1]))
+    }
     /// The page of `rows` (fetched with limit+1) and the cursor for the next one.
     static func page<T>(_ rows: [T], limit: Int, id: (T) -> Int64) -> ([T], JSON) {
         if rows.count > limit { return (Array(rows.prefix(limit)), .string(encode(id(rows[limit - 1])))) }

@@ -37,6 +37,7 @@ public enum Migrator {
             ("0008_notifications.sql", PackageResources._008_notifications_sql),
             ("0010_metrics.sql", PackageResources._010_metrics_sql),
             ("0011_retention.sql", PackageResources._011_retention_sql),
+            ("0012_executions_parent_idx.sql", PackageResources._012_executions_parent_idx_sql),
         ]
         return files.map { file, bytes in
             Migration(version: Int(file.prefix(4))!, name: String(file.dropFirst(5).dropLast(4)),

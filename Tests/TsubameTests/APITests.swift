@@ -375,6 +375,50 @@ struct APITests {
         #expect(viewer.get("/api/v1/executions/\(id)").status == 200)
     }
 
+    /// Pages of the history: by id, by a server's targets, and by created_at (then id) when since or until is given,
+    /// each with its own cursor.
+    @Test func executionListPagesEachWayWithItsOwnCursor() throws {
+        let s1 = makeServer("p1"), s2 = makeServer("p2")
+        let a = admin.post("/api/v1/jobs", #"{"name":"pa","script":"true","server_ids":[\#(s1)]}"#).json["id"]?.int64Value ?? 0
+        let b = admin.post("/api/v1/jobs", #"{"name":"pb","script":"true","server_ids":[\#(s2),\#(s1)]}"#).json["id"]?.int64Value ?? 0
+        let ids = [a, b, a, b, b, a, a].map { admin.post("/api/v1/jobs/\($0)/run").json["id"]?.int64Value ?? 0 }
+        // Minutes apart, but the fifth and sixth at the same instant (id breaks the tie), and the last one created
+        // before the first (ids and created_at disagree: the time order wins for a time window).
+        let minutes = [1, 2, 3, 4, 5, 5, 0]
+        for (id, m) in zip(ids, minutes) {
+            try db.query("UPDATE executions SET created_at = '2026-06-01T10:00:00.123456Z'::timestamptz + make_interval(mins => $2) WHERE id = $1",
+                         [id, m])
+        }
+        func pages(_ query: String, limit: Int) -> (ids: [Int64], cursors: [String]) {
+            var out: [Int64] = [], cursors: [String] = [], cursor: String? = nil
+            repeat {
+                let r = admin.get("/api/v1/executions?limit=\(limit)&\(query)" + (cursor.map { "&cursor=\($0)" } ?? ""))
+                #expect(r.status == 200, "\(query): \(r.text)")
+                out += r.json["items"]?.arrayValue?.compactMap { $0["id"]?.int64Value } ?? []
+                cursor = r.json["next_cursor"]?.stringValue
+                if let cursor { cursors.append(cursor) }
+            } while cursor != nil && out.count < 50
+            return (out, cursors)
+        }
+        let byTime = [ids[5], ids[4], ids[3], ids[2], ids[1], ids[0], ids[6]]
+        let window = pages("since=2026-06-01T10:00:00Z&until=2026-06-01T11:00:00Z", limit: 2)
+        #expect(window.ids == byTime)
+        #expect(pages("until=2026-06-01T10:05:00Z", limit: 1).ids == Array(byTime[2...]))
+        #expect(pages("since=2026-06-01T10:01:00.123456Z&server_id=\(s2)", limit: 1).ids == [ids[4], ids[3], ids[1]])
+        #expect(pages("since=2026-06-01T10:00:00Z&job_id=\(a)&status=queued", limit: 3).ids == [ids[5], ids[2], ids[0], ids[6]])
+        #expect(pages("server_id=\(s1)", limit: 3).ids == ids.reversed())
+        #expect(pages("server_id=\(s2)", limit: 1).ids == [ids[4], ids[3], ids[1]])
+        #expect(pages("job_id=\(b)&status=queued", limit: 2).ids == [ids[4], ids[3], ids[1]])
+        // A cursor belongs to its order: one of a time window is refused without since/until, and the other way round.
+        let idCursor = pages("job_id=\(a)", limit: 1).cursors[0]
+        #expect(admin.get("/api/v1/executions?cursor=\(window.cursors[0])").status == 400)
+        #expect(admin.get("/api/v1/executions?since=2026-06-01T10:00:00Z&cursor=\(idCursor)").status == 400)
+        for bad in ["v2:1:2026-06-01T10:00:00Z", "v2:x:2026-06-01T10:00:00.000000Z", "v2:1:2026-06-01 10:00:00.000000Z", "v2:1"] {
+            let cursor = Crypto.base64url(Array(bad.utf8))
+            #expect(admin.get("/api/v1/executions?since=2026-06-01T10:00:00Z&cursor=\(cursor)").status == 400, "\(bad)")
+        }
+    }
+
     @Test func executorQueueClaimsFencesAndReaps() throws {
         let s1 = makeServer("q1"), s2 = makeServer("q2"), s3 = makeServer("q3")
         let job = admin.post("/api/v1/jobs", #"{"name":"queue","script":"true","server_ids":[\#(s1),\#(s2),\#(s3)],"max_parallel":2,"retries":1}"#)

@@ -75,4 +75,21 @@ struct RetentionTests {
         #expect(try Retention.sweep(db, defaultDays: 0, auditDays: 0, now: now) == .init(executions: 1))
         #expect(try !exists(short))
     }
+
+    @Test func aRetryOutlivesTheRunItRepeated() throws {
+        let plain = try job()
+        let old = try run(plain, daysAgo: 40)
+        let retry = admin.post("/api/v1/executions/\(old)/rerun").json["id"]?.int64Value ?? 0
+        #expect(try db.query("SELECT parent_id FROM executions WHERE id = $1", [retry])[0].optInt64("parent_id") == old)
+        try db.query("UPDATE executions SET created_at = $2::timestamptz - interval '1 day' WHERE id = $1", [retry, now])
+        #expect(try Retention.sweep(db, defaultDays: 30, auditDays: 0, now: now) == .init(executions: 1))
+        #expect(try !exists(old) && exists(retry))
+        #expect(try db.query("SELECT parent_id FROM executions WHERE id = $1", [retry])[0].optInt64("parent_id") == nil)
+        // Found through its index (migration 0012), not by reading every execution.
+        let plan = try db.transaction { () throws -> String in
+            try db.query("SET LOCAL enable_seqscan = off")  // (the table is tiny here)
+            return try db.query("EXPLAIN SELECT id FROM executions WHERE parent_id = 1").map { $0.string("QUERY PLAN") }.joined()
+        }
+        #expect(plan.contains("executions_parent_id_idx"), "\(plan)")
+    }
 }

@@ -956,8 +956,10 @@ paths["/api/v1/executions"] = {
               dict({"200": json_ok("A page of executions, newest first.", REF("ExecutionList"))},
                    **errs("400", "401", "503")),
               params=EXECUTION_FILTERS + LIST_PARAMS,
-              desc="400 when job_id or server_id is not a positive integer, status is not a known one, "
-                   "or since/until is not an RFC 3339 time."),
+              desc="Newest first: by id, or with since or until by created_at (then id); a `next_cursor` "
+                   "continues the order it came from and is refused (400) by the other. 400 when job_id or "
+                   "server_id is not a positive integer, status is not a known one, since/until is not an "
+                   "RFC 3339 time, or the cursor is not one this server issued for this order."),
 }
 paths["/api/v1/executions/{id}"] = {
     "parameters": [ID_PARAM],
